@@ -1,0 +1,25 @@
+"""ddim: Denoising Diffusion Implicit Models (Song, Meng & Ermon, ICLR 2021) for PyTorch.
+
+import ddim
+model = ddim.load("toy")
+x = ddim.sample(model, n=16, steps=50, eta=0.0, seed=0)   # (16, C, H, W) in [-1, 1]
+"""
+
+from ddim.checkpoint import CheckpointError, builtin_names, load, save
+from ddim.models import Model
+from ddim.sampling import Trajectory, sample
+from ddim.schedule import NoiseSchedule, custom_timesteps, timesteps
+
+__version__ = "0.1.0"
+__all__ = [
+    "CheckpointError",
+    "Model",
+    "NoiseSchedule",
+    "Trajectory",
+    "builtin_names",
+    "custom_timesteps",
+    "load",
+    "sample",
+    "save",
+    "timesteps",
+]

@@ -1,0 +1,230 @@
+"""The `ddim` command line: thin subcommands, each calling one library function."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from ddim import __version__
+from ddim.checkpoint import CheckpointError, builtin_names, load, read_metadata
+from ddim.io import save_samples, save_trajectory_gif
+from ddim.sampling import PRECISIONS, SAMPLERS, sample
+from ddim.schedule import SPACINGS, custom_timesteps, timesteps
+
+DEFAULT_MODEL = "toy"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _int_at_least(lo: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        return value
+
+    return parse
+
+
+def _eta(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _device(text: str) -> torch.device:
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(
+            f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:1, auto)"
+        ) from None
+
+
+SAMPLE_EXAMPLES = """examples:
+  ddim sample                                   16 images of the default model -> samples.png
+  ddim sample --steps 10 --eta 0 --seed 3       deterministic DDIM, 10 network evaluations
+  ddim sample --sampler ddpm --steps 1000       the DDPM ancestral sampler
+  ddim sample --n 1000 --out-dir samples/ --npz samples.npz --quiet
+  ddim sample --steps 20 --trajectory traj.gif  watch x_t and the predicted x0 denoise
+"""
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="draw samples with DDIM (or DDPM) and save them",
+        description="Draw samples with the generalized DDIM sampler (paper eq. 12).",
+        epilog=SAMPLE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model", default=DEFAULT_MODEL, help=f"built-in name or checkpoint path (default: {DEFAULT_MODEL})"
+    )
+    p.add_argument("--n", type=_int_at_least(1), default=16, help="number of samples (default: 16)")
+    p.add_argument("--steps", type=_int_at_least(1), default=None, help="sampling steps S (default: 50)")
+    p.add_argument(
+        "--eta", type=_eta, default=None, help="noise level η in [0, 1] for --sampler ddim (default: 0)"
+    )
+    p.add_argument(
+        "--sampler", choices=SAMPLERS, default="ddim", help="ddim (any η), ddpm (η = 1), ddpm-large (σ̂)"
+    )
+    p.add_argument(
+        "--spacing", choices=SPACINGS, default="uniform", help="timestep sub-sequence (default: uniform)"
+    )
+    p.add_argument("--timesteps", type=_int_list, default=None, help="explicit timesteps, e.g. 999,600,300,0")
+    p.add_argument(
+        "--seed", type=_int_at_least(0), default=0, help="sample i uses seed (SEED, i) (default: 0)"
+    )
+    p.add_argument(
+        "--clip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="clamp x̂0 to [-1, 1] (default: off; on for ddpm-large)",
+    )
+    p.add_argument(
+        "--batch-size", type=_int_at_least(1), default=64, help="samples per forward pass (default: 64)"
+    )
+    p.add_argument("--device", type=_device, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32", help="network precision (default: fp32)"
+    )
+    p.add_argument(
+        "--out", type=Path, default=None, help="grid PNG (default: samples.png unless --out-dir/--npz)"
+    )
+    p.add_argument("--out-dir", type=Path, default=None, help="also write one PNG per sample, 000000.png, …")
+    p.add_argument(
+        "--npz", type=Path, default=None, help="also write an .npz: images uint8 NHWC and x float32"
+    )
+    p.add_argument("--nrow", type=_int_at_least(1), default=None, help="grid columns (default: about √n)")
+    p.add_argument("--trajectory", type=Path, default=None, help="GIF of x_t and x̂0 over the steps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the resolved settings and timesteps, then exit"
+    )
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    model = load(args.model)
+    T = model.schedule.num_timesteps
+    if args.timesteps is not None:
+        seq = custom_timesteps(T, args.timesteps)
+    else:
+        seq = timesteps(T, 50 if args.steps is None else args.steps, args.spacing)
+    out = args.out if args.out is not None or args.out_dir or args.npz else Path("samples.png")
+    settings = {
+        "model": str(args.model), "n": args.n, "sampler": args.sampler, "eta": args.eta, "steps": len(seq),
+        "seed": args.seed, "device": str(args.device), "precision": args.precision,
+    }  # fmt: skip
+    if args.dry_run:
+        print(json.dumps({**settings, "timesteps": seq.tolist()}, indent=2))
+        return 0
+    if args.steps is not None and args.timesteps is None and len(seq) < args.steps:
+        print(
+            f"note: {args.spacing} spacing repeats timesteps at S={args.steps}; "
+            f"using its {len(seq)} distinct steps"
+        )
+    start = time.perf_counter()
+    result = sample(
+        model, args.n, steps=len(seq), timesteps=seq, eta=args.eta, sampler=args.sampler, seed=args.seed,
+        clip=args.clip, batch_size=args.batch_size, progress=not args.quiet, device=args.device,
+        precision=args.precision, return_trajectory=args.trajectory is not None,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    x, trajectory = result if isinstance(result, tuple) else (result, None)
+    written = save_samples(x, grid=out, out_dir=args.out_dir, npz=args.npz, nrow=args.nrow)
+    if trajectory is not None:
+        written.append(save_trajectory_gif(trajectory, args.trajectory, nrow=args.nrow))
+    print(f"{args.n} samples, {len(seq)} steps, {seconds:.1f} s ({seconds / len(seq):.3f} s/step)")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="describe a model: network, parameters, schedule, provenance",
+        description="Describe a built-in model or checkpoint.",
+    )
+    p.add_argument(
+        "model", nargs="?", default=DEFAULT_MODEL, help=f"built-in name or path (default: {DEFAULT_MODEL})"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_info)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    model = load(args.model)
+    path = Path(args.model)
+    is_file = args.model not in builtin_names() and path.is_file()
+    report = {
+        "model": str(args.model),
+        "source": f"checkpoint file, {path.stat().st_size:,} bytes" if is_file else "built-in",
+        "format_version": read_metadata(path)["format_version"] if is_file else None,
+        "net": model.net.config.to_dict(),
+        "parameters": model.num_parameters,
+        "image_shape": list(model.image_shape),
+        "prediction": model.prediction,
+        "schedule": model.schedule.describe(),
+        "info": model.info,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            if value is not None:
+                print(f"{key + ':':16}{json.dumps(value) if isinstance(value, dict | list) else value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="ddim",
+        description="Denoising Diffusion Implicit Models: sample DDPM-trained models in 10-100x fewer steps.",
+    )
+    parser.add_argument("--version", action="version", version=f"ddim {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    _add_sample(sub)
+    _add_info(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"ddim {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ddim {args.command}: interrupted", file=sys.stderr)
+        return 130

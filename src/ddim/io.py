@@ -1,0 +1,127 @@
+"""Files out: atomic writes, images in [-1, 1] to PNG grids, GIFs and npz."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Write a file through `write(f)` into a temporary file beside it, then rename it into place.
+
+    A crash or an error leaves either the old file or the new one, never a partial file.
+    Missing parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def to_uint8(x: Tensor) -> np.ndarray:
+    """Images (N, C, H, W) in [-1, 1] → uint8 (N, H, W, C), clamped and rounded."""
+    if x.ndim != 4:
+        raise ValueError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).numpy()
+
+
+def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, scale: int = 1) -> np.ndarray:
+    """uint8 (N, H, W, C) → one (H', W', C) grid, `nrow` images a row (default ≈ √N)."""
+    n, h, w, c = images.shape
+    nrow = max(1, min(n, nrow or math.ceil(math.sqrt(n))))
+    rows = math.ceil(n / nrow)
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w = h * scale, w * scale
+    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y : y + h, x : x + w] = img
+    return grid
+
+
+def _pil(array: np.ndarray) -> Image.Image:
+    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
+    """Save a uint8 (H, W, C) array (C = 1 or 3) as a PNG, atomically."""
+    return atomic_write(path, lambda f: _pil(array).save(f, format="PNG"))
+
+
+def save_gif(
+    frames: Sequence[np.ndarray], path: str | os.PathLike, ms: int = 80, hold_ms: int = 1500
+) -> Path:
+    """Save uint8 (H, W, C) frames as a looping GIF; the last frame is held for `hold_ms`."""
+    images = [_pil(f).convert("RGB") for f in frames]
+    durations = [ms] * (len(images) - 1) + [hold_ms]
+
+    def write(f: BinaryIO) -> None:
+        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=durations, loop=0)
+
+    return atomic_write(path, write)
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """Save arrays to an uncompressed .npz, atomically."""
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def save_samples(
+    x: Tensor,
+    grid: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    npz: str | os.PathLike | None = None,
+    nrow: int | None = None,
+) -> list[Path]:
+    """Write samples (N, C, H, W) in [-1, 1]: a grid PNG, one PNG per sample, and/or an npz
+    holding `images` (uint8 N×H×W×C) and `x` (the float32 samples). Returns the paths written."""
+    images = to_uint8(x)
+    written = []
+    if grid is not None:
+        written.append(save_png(make_grid(images, nrow), grid))
+    if out_dir is not None:
+        for i, img in enumerate(images):
+            save_png(img, Path(out_dir) / f"{i:06d}.png")
+        written.append(Path(out_dir))
+    if npz is not None:
+        written.append(save_npz(npz, images=images, x=x.float().cpu().numpy()))
+    return written
+
+
+def save_trajectory_gif(
+    trajectory, path: str | os.PathLike, nrow: int | None = None, max_frames: int = 60
+) -> Path:
+    """A GIF of a `Trajectory`: x_t on the left, the predicted x̂_0 on the right, at most
+    `max_frames` steps (evenly chosen) and the final samples; small images are enlarged."""
+    steps = trajectory.x0.shape[0]
+    keep = sorted({round(i * (steps - 1) / max(1, max_frames - 1)) for i in range(min(steps, max_frames))})
+    scale = max(1, 64 // trajectory.xt.shape[-1])
+    frames = []
+    for i in keep:
+        left = make_grid(to_uint8(trajectory.xt[i]), nrow, scale=scale)
+        right = make_grid(to_uint8(trajectory.x0[i]), nrow, scale=scale)
+        frames.append(np.concatenate([left, np.zeros_like(left[:, :8]), right], axis=1))
+    final = make_grid(to_uint8(trajectory.xt[-1]), nrow, scale=scale)
+    frames.append(np.concatenate([final, np.zeros_like(final[:, :8]), final], axis=1))
+    return save_gif(frames, path)

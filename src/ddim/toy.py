@@ -1,0 +1,137 @@
+"""An analytic denoiser: data from a mixture of isotropic Gaussians, with the exact E[ε | x_t].
+
+For x_0 ~ Σ_k w_k N(μ_k, s_k² I) in D dimensions and x_t = √ᾱ x_0 + √(1 − ᾱ) ε:
+  x_t | k ~ N(√ᾱ μ_k, v_k I),            v_k = ᾱ s_k² + 1 − ᾱ,
+  r_k(x_t) ∝ w_k N(x_t; √ᾱ μ_k, v_k I)   (posterior responsibility of component k),
+  E[ε | x_t]   = Σ_k r_k √(1 − ᾱ) (x_t − √ᾱ μ_k) / v_k,
+  E[x_0 | x_t] = Σ_k r_k (μ_k + √ᾱ s_k² (x_t − √ᾱ μ_k) / v_k).
+The optimal network of every prediction type is known exactly, so samplers, inversion and
+solvers can be tested against the true data distribution instead of a trained network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ddim.models import Model
+from ddim.models.parameterization import Prediction, check_prediction, from_x0_eps
+from ddim.schedule import NoiseSchedule
+
+
+@dataclass(frozen=True)
+class MixtureConfig:
+    shape: tuple[int, ...]  # the shape of one sample, e.g. (1, 32, 32) or (2,)
+    num_components: int
+    prediction: Prediction = "eps"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(self.shape))
+        if not self.shape or any(not isinstance(s, int) or s < 1 for s in self.shape):
+            raise ValueError(f"mixture shape must be positive integers, got {self.shape}")
+        if not isinstance(self.num_components, int) or self.num_components < 1:
+            raise ValueError(f"num_components must be a positive integer, got {self.num_components!r}")
+        check_prediction(self.prediction)
+
+    def to_dict(self) -> dict:
+        return {
+            "type": "gaussian-mixture",
+            "shape": list(self.shape),
+            "num_components": self.num_components,
+            "prediction": self.prediction,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MixtureConfig:
+        return cls(tuple(d["shape"]), d["num_components"], d.get("prediction", "eps"))
+
+
+class MixtureDenoiser(nn.Module):
+    """The exact denoiser of a Gaussian mixture under a schedule: net(x_t, t) → eps, x0 or v."""
+
+    def __init__(
+        self,
+        schedule: NoiseSchedule,
+        means: Tensor,
+        stds: Tensor | float,
+        weights: Tensor | None = None,
+        prediction: Prediction = "eps",
+    ):
+        super().__init__()
+        means = torch.as_tensor(means, dtype=torch.float64)
+        k = means.shape[0]
+        stds = torch.as_tensor(stds, dtype=torch.float64).expand(k).clone()
+        weights = (
+            torch.full((k,), 1.0 / k, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
+        )
+        if weights.shape != (k,) or (weights <= 0).any() or (stds < 0).any():
+            raise ValueError("mixture needs one positive weight and one std >= 0 per component")
+        self.config = MixtureConfig(tuple(means.shape[1:]), k, prediction)
+        self.register_buffer("means", means)  # (K, *shape)
+        self.register_buffer("stds", stds)  # (K,)
+        self.register_buffer("weights", weights / weights.sum())  # (K,)
+        self.register_buffer("alpha_bar", schedule.alpha_bar.clone(), persistent=False)  # (T,)
+
+    @classmethod
+    def from_config(cls, config: dict, schedule: NoiseSchedule) -> MixtureDenoiser:
+        """An empty mixture of the configured size, for `load_state_dict` to fill in."""
+        cfg = MixtureConfig.from_dict(config)
+        k = cfg.num_components
+        return cls(schedule, torch.zeros(k, *cfg.shape), torch.zeros(k), torch.ones(k), cfg.prediction)
+
+    def posterior(self, x_t: Tensor, alpha_bar: Tensor) -> tuple[Tensor, Tensor]:
+        """(E[x_0 | x_t], E[ε | x_t]) in float64 for x_t (B, *shape) and ᾱ (B,)."""
+        b = x_t.shape[0]
+        x = x_t.reshape(b, -1).to(torch.float64)  # (B, D)
+        mu = self.means.reshape(self.means.shape[0], -1)  # (K, D)
+        a = alpha_bar.to(torch.float64).reshape(b, 1)  # (B, 1)
+        v = a * self.stds**2 + (1 - a)  # (B, K)
+        diff = x[:, None, :] - a.sqrt()[:, :, None] * mu[None]  # (B, K, D)
+        log_r = self.weights.log() - 0.5 * x.shape[1] * v.log() - (diff**2).sum(-1) / (2 * v)
+        r = torch.softmax(log_r, dim=1)  # (B, K)
+        eps = torch.einsum("bk,bkd->bd", r * (1 - a).sqrt() / v, diff)
+        x0 = r @ mu + torch.einsum("bk,bkd->bd", r * a.sqrt() * self.stds**2 / v, diff)
+        return x0.reshape(x_t.shape), eps.reshape(x_t.shape)
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        alpha_bar = self.alpha_bar[t.to(self.alpha_bar.device)]  # (B,)
+        x0, eps = self.posterior(x_t, alpha_bar)
+        a = alpha_bar.reshape(-1, *([1] * (x_t.ndim - 1)))
+        return from_x0_eps(x0, eps, a, self.config.prediction).to(x_t.dtype)
+
+    def sample_data(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """n exact draws of x_0 (float64) and the component each came from."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)  # (n,)
+        z = torch.randn(n, *self.means.shape[1:], dtype=torch.float64, generator=generator)
+        scale = self.stds[k].reshape(n, *([1] * (z.ndim - 1)))
+        return self.means[k] + scale * z, k
+
+
+def glyphs(size: int = 32) -> Tensor:
+    """Eight simple shapes drawn on a size×size canvas, values in {−1, 1}: (8, 1, size, size)."""
+    c = (torch.arange(size, dtype=torch.float64) + 0.5) / size * 2 - 1  # pixel centres in [-1, 1]
+    y, x = torch.meshgrid(c, c, indexing="ij")
+    r = (x**2 + y**2).sqrt()
+    shapes = [
+        (r < 0.75) & (r > 0.45),  # ring
+        r < 0.6,  # disc
+        (x.abs().maximum(y.abs()) < 0.7) & (x.abs().maximum(y.abs()) > 0.45),  # square outline
+        (x.abs() < 0.15) | (y.abs() < 0.15),  # plus
+        ((x - y).abs() < 0.2) | ((x + y).abs() < 0.2),  # cross
+        (y > -0.7) & (y < 0.6) & (x.abs() < (y + 0.7) / 1.3 * 0.7),  # triangle
+        x.abs() + y.abs() < 0.75,  # diamond
+        (torch.remainder(y + 1, 0.5) < 0.25) & (x.abs() < 0.8),  # stripes
+    ]
+    return torch.stack([torch.where(s, 1.0, -1.0) for s in shapes])[:, None]  # (8, 1, H, W)
+
+
+def toy_model(schedule: NoiseSchedule | None = None, size: int = 32, std: float = 0.1) -> Model:
+    """The built-in analytic model `ddim.load("toy")`: eight glyphs with pixel noise `std`."""
+    schedule = NoiseSchedule.linear() if schedule is None else schedule
+    net = MixtureDenoiser(schedule, glyphs(size), std).eval()
+    info = {"description": f"analytic Gaussian mixture of 8 glyphs, {size}x{size}, std {std}"}
+    return Model(net, schedule, (1, size, size), "eps", info)
