@@ -7,12 +7,15 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from ddim.sampling import Trajectory
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
@@ -110,12 +113,17 @@ def save_samples(
 
 
 def save_trajectory_gif(
-    trajectory, path: str | os.PathLike, nrow: int | None = None, max_frames: int = 60
+    trajectory: Trajectory, path: str | os.PathLike, nrow: int | None = None, max_frames: int = 60
 ) -> Path:
     """A GIF of a `Trajectory`: x_t on the left, the predicted x̂_0 on the right, at most
     `max_frames` steps (evenly chosen) and the final samples; small images are enlarged."""
+    if max_frames < 2:
+        raise ValueError(f"max_frames must be >= 2, got {max_frames}")
     steps = trajectory.x0.shape[0]
-    keep = sorted({round(i * (steps - 1) / max(1, max_frames - 1)) for i in range(min(steps, max_frames))})
+    if steps <= max_frames:
+        keep = list(range(steps))
+    else:  # evenly spaced, first and last step included
+        keep = sorted({round(i * (steps - 1) / (max_frames - 1)) for i in range(max_frames)})
     scale = max(1, 64 // trajectory.xt.shape[-1])
     frames = []
     for i in keep:

@@ -1,0 +1,128 @@
+import json
+import struct
+
+import pytest
+import safetensors.torch
+import torch
+
+import ddim
+from ddim.checkpoint import FORMAT_VERSION, CheckpointError, builtin_names, read_metadata
+from ddim.models import Model
+from ddim.toy import toy_model
+
+
+def _assert_same_model(a: Model, b: Model) -> None:
+    sa, sb = a.net.state_dict(), b.net.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert torch.equal(a.schedule.betas, b.schedule.betas)
+    assert (a.image_shape, a.prediction, a.info) == (b.image_shape, b.prediction, b.info)
+    assert a.net.config == b.net.config
+
+
+def test_unet_round_trip_is_exact(tmp_path, make_tiny_model):
+    model = make_tiny_model()
+    model = Model(
+        model.net, ddim.NoiseSchedule.cosine(100), model.image_shape, "v", {"steps": 123, "note": "ü"}
+    )
+    loaded = ddim.load(ddim.save(model, tmp_path / "m.safetensors"))
+    _assert_same_model(model, loaded)
+    assert not loaded.net.training
+    torch.testing.assert_close(
+        ddim.sample(model, 2, steps=3, seed=0), ddim.sample(loaded, 2, steps=3, seed=0)
+    )
+
+
+def test_toy_round_trip_is_exact(tmp_path):
+    model = toy_model(size=8)
+    _assert_same_model(model, ddim.load(ddim.save(model, tmp_path / "toy.safetensors")))
+
+
+def test_metadata_is_readable_json(tiny_checkpoint):
+    meta = read_metadata(tiny_checkpoint)
+    assert meta["format"] == "ddim"
+    assert meta["format_version"] == FORMAT_VERSION
+    assert meta["net"]["type"] == "unet"
+    assert meta["image_shape"] == [1, 8, 8]
+
+
+def test_builtin_names():
+    assert "toy" in builtin_names()
+    assert isinstance(ddim.load("toy"), Model)
+
+
+def _expect_error(path, message):
+    with pytest.raises(CheckpointError, match=message) as info:
+        ddim.load(path)
+    assert "\n" not in str(info.value)  # one line, for the CLI
+
+
+def test_missing_path_and_folder(tmp_path):
+    _expect_error(tmp_path / "nope.safetensors", "no such file, and not a built-in model")
+    _expect_error(tmp_path, "is a folder")
+
+
+def test_truncated_file(tiny_checkpoint):
+    data = tiny_checkpoint.read_bytes()
+    tiny_checkpoint.write_bytes(data[: len(data) // 2])
+    _expect_error(tiny_checkpoint, "not a readable safetensors file")
+
+
+def test_not_safetensors(tmp_path):
+    (tmp_path / "a.safetensors").write_bytes(b"PK\x03\x04 this is a zip, or a pickle, or anything")
+    _expect_error(tmp_path / "a.safetensors", "not a readable safetensors file")
+    (tmp_path / "empty.safetensors").write_bytes(b"")
+    _expect_error(tmp_path / "empty.safetensors", "not a readable safetensors file")
+
+
+def test_foreign_safetensors_without_our_metadata(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    safetensors.torch.save_file({"conv.weight": torch.zeros(2, 2)}, path)
+    _expect_error(path, "not a ddim checkpoint")
+
+
+def _rewrite(path, edit_meta=None, edit_tensors=None):
+    tensors = safetensors.torch.load_file(path)
+    meta = read_metadata(path)
+    if edit_meta:
+        edit_meta(meta)
+    if edit_tensors:
+        edit_tensors(tensors)
+    safetensors.torch.save_file(tensors, path, metadata={"ddim": json.dumps(meta)})
+
+
+def test_newer_format_version_is_refused(tiny_checkpoint):
+    _rewrite(tiny_checkpoint, edit_meta=lambda m: m.update(format_version=FORMAT_VERSION + 1))
+    _expect_error(tiny_checkpoint, "upgrade ddim")
+
+
+def test_unknown_net_type_and_bad_config(tiny_checkpoint, tmp_path):
+    _rewrite(tiny_checkpoint, edit_meta=lambda m: m["net"].update(type="transformer"))
+    _expect_error(tiny_checkpoint, "unknown net type 'transformer'")
+    other = ddim.save(ddim.load("toy"), tmp_path / "t.safetensors")
+    _rewrite(other, edit_meta=lambda m: m.pop("image_shape"))
+    _expect_error(other, "missing field 'image_shape'")
+
+
+def test_weights_that_do_not_fit_the_config(tiny_checkpoint):
+    _rewrite(tiny_checkpoint, edit_tensors=lambda t: t.pop("net.conv_out.bias"))
+    _expect_error(tiny_checkpoint, r"missing \['conv_out.bias'\]")
+
+
+def test_wrong_shape_and_nan_weights(tmp_path, tiny_model):
+    a = ddim.save(tiny_model, tmp_path / "a.safetensors")
+    _rewrite(a, edit_tensors=lambda t: t.update({"net.conv_out.bias": torch.zeros(5)}))
+    _expect_error(a, "net.conv_out.bias has shape")
+    b = ddim.save(tiny_model, tmp_path / "b.safetensors")
+    _rewrite(b, edit_tensors=lambda t: t["net.conv_in.weight"].view(-1).__setitem__(0, float("nan")))
+    _expect_error(b, "NaN")
+
+
+def test_header_is_plain_json_no_code(tiny_checkpoint):
+    """The format is data only: an 8-byte length, a JSON header, raw tensor bytes."""
+    raw = tiny_checkpoint.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    assert json.loads(header["__metadata__"]["ddim"])["format"] == "ddim"
+    assert header["schedule.betas"]["dtype"] == "F64"

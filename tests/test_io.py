@@ -1,0 +1,59 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import ddim
+from ddim.io import atomic_write, make_grid, save_gif, save_png, save_trajectory_gif, to_uint8
+
+
+def test_to_uint8_maps_the_data_range():
+    x = torch.tensor([-1.5, -1.0, 0.0, 1.0, 2.0]).reshape(1, 1, 1, 5)
+    assert to_uint8(x)[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255]  # 127.5 rounds half to even
+    assert to_uint8(torch.zeros(2, 3, 4, 5)).shape == (2, 4, 5, 3)
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        to_uint8(torch.zeros(3, 4, 5))
+
+
+def test_grid_places_image_i_at_row_i_div_nrow():
+    images = np.stack([np.full((2, 3, 1), i, dtype=np.uint8) for i in range(1, 6)])  # 5 images 2×3
+    grid = make_grid(images, nrow=2, pad=1)
+    assert grid.shape == (3 * 3 + 1, 2 * 4 + 1, 1)
+    assert grid[1 + 2 * 3, 1 + 0 * 4, 0] == 5  # image 4 (value 5): row 2, column 0
+    assert grid[1, 1 + 4, 0] == 2
+    assert grid[0, :, 0].max() == 0  # padding
+    assert make_grid(images, nrow=2, pad=0, scale=2).shape == (12, 12, 1)
+
+
+def test_png_and_gif_are_readable(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 7, 3), dtype=np.uint8)
+    with Image.open(save_png(rgb, tmp_path / "sub" / "a.png")) as im:
+        assert np.array_equal(np.asarray(im), rgb)
+    frames = [np.full((4, 4, 1), v, dtype=np.uint8) for v in (0, 128, 255)]
+    with Image.open(save_gif(frames, tmp_path / "a.gif")) as im:
+        assert im.n_frames == 3
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+
+    def failing(f):
+        f.write(b"partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_write(path, failing)
+    assert path.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]  # no temporary file left
+    atomic_write(path, lambda f: f.write(b"new"))
+    assert path.read_bytes() == b"new"
+
+
+def test_trajectory_gif_has_a_frame_per_step_and_the_result(tmp_path):
+    _, traj = ddim.sample(ddim.load("toy"), 4, steps=6, seed=0, return_trajectory=True)
+    with Image.open(save_trajectory_gif(traj, tmp_path / "t.gif")) as im:
+        assert im.n_frames == 6 + 1
+        assert im.size == (2 * (2 * 66 + 2) + 8, 2 * 66 + 2)  # two 2×2 grids of 64 px images, 8 px apart
+    with Image.open(save_trajectory_gif(traj, tmp_path / "short.gif", max_frames=3)) as im:
+        assert im.n_frames == 3 + 1
