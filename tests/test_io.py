@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +50,11 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]  # no temporary file left
     atomic_write(path, lambda f: f.write(b"new"))
     assert path.read_bytes() == b"new"
+    mask = os.umask(0o022)
+    try:
+        assert atomic_write(tmp_path / "mode.bin", lambda f: None).stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)
 
 
 def test_trajectory_gif_has_a_frame_per_step_and_the_result(tmp_path):

@@ -200,6 +200,12 @@ def test_ascending_sequences_are_deterministic_only():
         )
 
 
+@pytest.mark.parametrize("ts", [[10], [10, 10], [30, 10, 20], [-1, 5], [10, -1, 5], [1000, 0], [5, -2]])
+def test_denoise_refuses_malformed_sequences(ts):
+    with pytest.raises(ValueError, match="timesteps must be"):
+        denoise(_constant_eps(0.0), torch.zeros(1, 2), SCHEDULE, ts)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -119,9 +119,11 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=None, help="grid PNG (default: samples.png unless --out-dir/--npz)"
     )
-    p.add_argument("--out-dir", type=Path, default=None, help="also write one PNG per sample, 000000.png, …")
     p.add_argument(
-        "--npz", type=Path, default=None, help="also write an .npz: images uint8 NHWC and x float32"
+        "--out-dir", type=Path, default=None, help="write one PNG per sample into this folder (000000.png, …)"
+    )
+    p.add_argument(
+        "--npz", type=Path, default=None, help="write an .npz: images (uint8 NHWC) and x (float32 NCHW)"
     )
     p.add_argument("--nrow", type=_int_at_least(1), default=None, help="grid columns (default: about √n)")
     p.add_argument("--trajectory", type=Path, default=None, help="GIF of x_t and x̂0 over the steps")

@@ -95,9 +95,8 @@ def denoise(
     sample; ascending ones (η = 0 only) run the deterministic ODE upward, as inversion does.
     `step_noise()` returns fresh N(0, I) noise shaped like x whenever a step needs it.
     """
-    ts = [int(t) for t in ts]
-    ascending = len(ts) > 1 and ts[1] > ts[0]
-    if ascending and (sampler != "ddim" or eta != 0):
+    ts = _check_sequence(ts, schedule.num_timesteps)
+    if len(ts) > 1 and ts[1] > ts[0] and (sampler != "ddim" or eta != 0):
         raise ValueError("an ascending timestep sequence (inversion) needs sampler 'ddim' with eta = 0")
     autocast = _autocast(x.device, precision)
     for i, (t, t_next) in enumerate(pairwise(ts)):
@@ -116,6 +115,16 @@ def denoise(
         if on_step is not None:
             on_step(StepInfo(i, t, t_next, x, x0))
     return x
+
+
+def _check_sequence(ts: Sequence[int], T: int) -> list[int]:
+    ts = [int(t) for t in ts]
+    diffs = [b - a for a, b in pairwise(ts)]
+    if len(ts) < 2 or not (all(d < 0 for d in diffs) or all(d > 0 for d in diffs)):
+        raise ValueError(f"timesteps must be a strictly monotone sequence of 2 or more, got {ts}")
+    if min(ts[:-1]) < 0 or ts[-1] < -1 or max(ts) >= T:
+        raise ValueError(f"timesteps must be in [0, {T - 1}] (and -1, clean, only at the end), got {ts}")
+    return ts
 
 
 def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
