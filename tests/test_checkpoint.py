@@ -47,9 +47,14 @@ def test_metadata_is_readable_json(tiny_checkpoint):
     assert meta["image_shape"] == [1, 8, 8]
 
 
-def test_builtin_names():
+def test_builtin_names_and_shipped_weights(tmp_path, monkeypatch, tiny_model):
     assert "toy" in builtin_names()
     assert isinstance(ddim.load("toy"), Model)
+    monkeypatch.setattr("ddim.checkpoint._weights_dir", lambda: tmp_path / "weights")
+    assert builtin_names() == ["toy"]  # no weights folder: still works
+    ddim.save(tiny_model, tmp_path / "weights" / "tiny.safetensors")
+    assert builtin_names() == ["tiny", "toy"]
+    _assert_same_model(ddim.load("tiny"), tiny_model)
 
 
 def _expect_error(path, message):

@@ -120,9 +120,13 @@ def test_bad_input_gets_one_line_and_exit_2(capsys, argv, message):
     assert "Traceback" not in err
 
 
-def test_corrupt_checkpoint_through_the_real_command(tmp_path):
+@pytest.mark.parametrize("damage", ["zeros", "truncated", "missing"])
+def test_bad_checkpoint_through_the_real_command(tmp_path, tiny_checkpoint, damage):
     bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(b"\x00" * 100)
+    if damage == "zeros":
+        bad.write_bytes(b"\x00" * 100)
+    elif damage == "truncated":
+        bad.write_bytes(tiny_checkpoint.read_bytes()[:-10])
     out = tmp_path / "samples.png"
     out.write_bytes(b"earlier results")
     result = subprocess.run(

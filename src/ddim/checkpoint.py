@@ -39,11 +39,9 @@ class CheckpointError(ValueError):
 
 def builtin_names() -> list[str]:
     """Names `load` accepts besides paths: factories and the files shipped in ddim/weights/."""
-    shipped = [
-        p.name.removesuffix(".safetensors")
-        for p in _weights_dir().iterdir()
-        if p.name.endswith(".safetensors")
-    ]
+    folder = _weights_dir()
+    files = folder.iterdir() if folder.is_dir() else []
+    shipped = [p.name.removesuffix(".safetensors") for p in files if p.name.endswith(".safetensors")]
     return sorted({*_BUILTIN_FACTORIES, *shipped})
 
 
