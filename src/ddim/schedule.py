@@ -105,7 +105,10 @@ def timesteps(num_timesteps: int, steps: int, spacing: Spacing = "uniform") -> T
       quadratic  τ_i = ⌊(i·√(0.8 T)/(S − 1))²⌋: the official code's "quad";
       trailing   τ_i = round(T − i·T/S) − 1: always starts at T − 1 (999, 899, …, 99 for S = 10);
       linspace   τ_i = round(i·(T − 1)/(S − 1)), as numpy's linspace computes it.
-    Rounding is half-to-even, in float64 (as numpy and diffusers do).
+    Rounding is half-to-even, in float64. Linspace equals diffusers' "linspace" and uniform
+    its "leading" when S divides T; trailing equals diffusers' "trailing" except that we
+    compute T − i·T/S per step instead of accumulating np.arange, which in diffusers can round
+    an exact .5 the other way or add a step at −1 when S does not divide T.
 
     Quadratic repeats timesteps near t = 0 once S is large (S = 50 gives 49 distinct values,
     S = 100 gives 96).
