@@ -1,0 +1,47 @@
+"""`ddim info`: describe a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ddim.checkpoint import builtin_names, load, read_metadata
+from ddim.cli._args import DEFAULT_MODEL
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "info",
+        help="describe a model: network, parameters, schedule, provenance",
+        description="Describe a built-in model or checkpoint.",
+    )
+    p.add_argument(
+        "model", nargs="?", default=DEFAULT_MODEL, help=f"built-in name or path (default: {DEFAULT_MODEL})"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load(args.model)
+    path = Path(args.model)
+    is_file = args.model not in builtin_names() and path.is_file()
+    report = {
+        "model": str(args.model),
+        "source": f"checkpoint file, {path.stat().st_size:,} bytes" if is_file else "built-in",
+        "format_version": read_metadata(path)["format_version"] if is_file else None,
+        "net": model.net.config.to_dict(),
+        "parameters": model.num_parameters,
+        "image_shape": list(model.image_shape),
+        "prediction": model.prediction,
+        "schedule": model.schedule.describe(),
+        "info": model.info,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for key, value in report.items():
+            if value is not None:
+                print(f"{key + ':':16}{json.dumps(value) if isinstance(value, dict | list) else value}")
+    return 0
