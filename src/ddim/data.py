@@ -1,0 +1,169 @@
+"""Image datasets in: `.npz` arrays, image folders or single image files, as uint8 tensors.
+
+Images are kept as uint8 (N, C, H, W) — compact in memory — and scaled to the model's range
+[-1, 1] per batch with `to_model_range`. Fitting to a model resolution: "pad" centres smaller
+images on a black square (MNIST 28 → 32), "resize" scales the shorter side and centre-crops.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from tqdm.auto import tqdm
+
+Fit = Literal["pad", "resize"]
+FITS: tuple[str, ...] = get_args(Fit)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+
+
+class DataError(ValueError):
+    """A dataset that is missing, unreadable or not images of a usable shape."""
+
+
+def load_images(
+    path: str | os.PathLike,
+    *,
+    key: str = "x_train",
+    resolution: int | None = None,
+    fit: Fit = "pad",
+    channels: int | None = None,
+    limit: int | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Images as uint8 (N, C, H, W) from an `.npz` (array `key`, N×H×W or N×H×W×C uint8), a
+    folder (searched recursively for PNG/JPEG/BMP/WebP, sorted by path) or one image file.
+
+    resolution: fit every image to resolution × resolution (None: keep the data's own size,
+    which must then be square and equal across images). channels: 1 or 3 (None: as stored;
+    a folder is grayscale only if all its images are). limit: keep the first `limit` images.
+    """
+    if fit not in FITS:
+        raise DataError(f"unknown fit {fit!r}; choose one of {', '.join(FITS)}")
+    if channels not in (None, 1, 3):
+        raise DataError(f"channels must be 1 or 3, got {channels}")
+    if limit is not None and limit < 1:
+        raise DataError(f"limit must be a positive integer, got {limit}")
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no such dataset: {path}")
+    if path.is_dir():
+        x = _load_folder(path, resolution, fit, channels, limit, progress)
+    elif path.suffix.lower() == ".npz":
+        x = _load_npz(path, key, limit)
+    elif path.suffix.lower() in IMAGE_SUFFIXES:
+        x = _load_folder_files([path], resolution, fit, channels, progress=False)
+    else:
+        raise DataError(f"{path}: not an .npz, an image folder or an image ({', '.join(IMAGE_SUFFIXES)})")
+    x = _set_channels(x, channels, path)
+    return x if resolution is None else fit_images(x, resolution, fit)
+
+
+def to_model_range(x: Tensor) -> Tensor:
+    """uint8 images → float32 in [-1, 1] (0 → -1, 255 → 1)."""
+    return x.float() / 127.5 - 1.0
+
+
+def fit_images(x: Tensor, resolution: int, fit: Fit = "pad") -> Tensor:
+    """uint8 (N, C, H, W) → (N, C, resolution, resolution) by black padding or resize + crop."""
+    if resolution < 1:
+        raise DataError(f"resolution must be a positive integer, got {resolution}")
+    h, w = x.shape[-2:]
+    if (h, w) == (resolution, resolution):
+        return x
+    if fit == "pad":
+        if h > resolution or w > resolution:
+            raise DataError(
+                f"images of {h}×{w} do not fit in {resolution}×{resolution} by padding; use fit 'resize'"
+            )
+        top, left = (resolution - h) // 2, (resolution - w) // 2
+        padding = (left, resolution - w - left, top, resolution - h - top)
+        return torch.nn.functional.pad(x, padding, value=0)
+    return torch.stack([_resize_crop(img, resolution) for img in x])
+
+
+def _resize_crop(img: Tensor, size: int) -> Tensor:
+    """One uint8 (C, H, W) image: shorter side → size (bicubic, Pillow), then centre crop."""
+    array = img.permute(1, 2, 0).numpy()
+    pil = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+    scale = size / min(pil.size)
+    w, h = max(size, round(pil.width * scale)), max(size, round(pil.height * scale))
+    pil = pil.resize((w, h), Image.Resampling.BICUBIC)
+    left, top = (w - size) // 2, (h - size) // 2
+    out = np.asarray(pil.crop((left, top, left + size, top + size)))
+    return torch.from_numpy(out.reshape(size, size, -1).copy()).permute(2, 0, 1)
+
+
+def _load_npz(path: Path, key: str, limit: int | None) -> Tensor:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if key not in data.files:
+                raise DataError(f"{path} has no array {key!r} (it has: {', '.join(data.files)})")
+            array = data[key] if limit is None else data[key][:limit]
+    except (OSError, ValueError) as e:
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{path}: not a readable .npz file: {e}") from None
+    if array.dtype != np.uint8:
+        raise DataError(f"{path}:{key} must hold uint8 images, got dtype {array.dtype}")
+    if array.ndim == 3:
+        array = array[..., None]
+    if array.ndim != 4 or array.shape[-1] not in (1, 3) or len(array) == 0:
+        raise DataError(
+            f"{path}:{key} must be N×H×W or N×H×W×C (C = 1 or 3) with N ≥ 1, got shape {array.shape}"
+        )
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
+
+
+def _load_folder(
+    folder: Path, resolution: int | None, fit: Fit, channels: int | None, limit: int | None, progress: bool
+) -> Tensor:
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}, searched recursively)")
+    return _load_folder_files(files[:limit], resolution, fit, channels, progress)
+
+
+def _load_folder_files(
+    files: list[Path], resolution: int | None, fit: Fit, channels: int | None, progress: bool
+) -> Tensor:
+    images = []
+    for file in tqdm(files, disable=not progress, desc="loading images", unit="img"):
+        img = _read_image(file, channels)
+        if resolution is not None:
+            img = fit_images(img[None], resolution, fit)[0]
+        images.append(img)
+    if channels is None and any(img.shape[0] == 3 for img in images):
+        images = [img.expand(3, -1, -1) for img in images]  # mixed folder: grayscale → RGB
+    sizes = {tuple(img.shape[-2:]) for img in images}
+    if len(sizes) > 1:
+        raise DataError(
+            f"images have different sizes ({', '.join(f'{h}×{w}' for h, w in sorted(sizes)[:3])}); "
+            "give a resolution to fit them"
+        )
+    return torch.stack(images).contiguous()
+
+
+def _read_image(file: Path, channels: int | None) -> Tensor:
+    """One file → uint8 (C, H, W), C = 1 for grayscale files unless channels = 3."""
+    try:
+        with Image.open(file) as im:
+            gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+            im = im.convert("L" if (channels == 1 or (channels is None and gray)) else "RGB")
+            array = np.asarray(im)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"{file}: cannot read this image ({e})") from None
+    return torch.from_numpy(array.reshape(*array.shape[:2], -1).copy()).permute(2, 0, 1)
+
+
+def _set_channels(x: Tensor, channels: int | None, path: Path) -> Tensor:
+    if channels is None or x.shape[1] == channels:
+        return x
+    if channels == 3:  # grayscale → RGB by repetition
+        return x.expand(-1, 3, -1, -1).contiguous()
+    raise DataError(f"{path} holds RGB images; this model needs {channels} channel(s)")
