@@ -1,7 +1,6 @@
 """The sampler against closed forms: DDPM's posterior, the paper's σ̂, and exact Gaussian maps."""
 
 import math
-from itertools import pairwise
 
 import pytest
 import torch
@@ -10,7 +9,7 @@ import ddim
 from ddim.models import Model
 from ddim.sampling import ddim_step, denoise, sample_generator, sigma_eta
 from ddim.schedule import NoiseSchedule, timesteps
-from ddim.toy import MixtureDenoiser
+from ddim.toy import MixtureDenoiser, gaussian_gain
 
 SCHEDULE = NoiseSchedule.linear()
 
@@ -62,15 +61,6 @@ def test_ddpm_large_is_the_official_ddpm_noisy_step():
     torch.testing.assert_close(last, ((1 / at) ** 0.5 * x - (1 / at - 1) ** 0.5 * e).clamp(-1, 1))  # no noise
 
 
-def _gaussian_gain(std: float, ts: list[int]) -> float:
-    """For data N(μ, std² I), DDIM η = 0 maps x_T to μ + c (x_T − √ᾱ_T μ): c is a product over steps."""
-    c = 1.0
-    for t, t_next in pairwise([*ts, -1]):
-        a, a_next = SCHEDULE.alpha_bar_at(t).item(), SCHEDULE.alpha_bar_at(t_next).item()
-        c *= (math.sqrt(a_next * a) * std**2 + math.sqrt((1 - a_next) * (1 - a))) / (a * std**2 + 1 - a)
-    return c
-
-
 @pytest.mark.parametrize("spacing", ["uniform", "quadratic", "trailing", "linspace"])
 def test_ddim_on_a_gaussian_is_the_exact_linear_map(spacing):
     mu, std = torch.tensor([[0.5, -1.0, 2.0]]), 0.3
@@ -78,7 +68,8 @@ def test_ddim_on_a_gaussian_is_the_exact_linear_map(spacing):
     x_T = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
     ts = timesteps(1000, 50, spacing).tolist()
     x = ddim.sample(net, noise=x_T, schedule=SCHEDULE, steps=50, spacing=spacing)
-    expected = mu + _gaussian_gain(std, ts) * (x_T - SCHEDULE.alpha_bar[ts[0]].sqrt().item() * mu)
+    gain = gaussian_gain(SCHEDULE, std, [*ts, -1])
+    expected = mu + gain * (x_T - SCHEDULE.alpha_bar[ts[0]].sqrt().item() * mu)
     torch.testing.assert_close(x, expected, rtol=0, atol=1e-5)  # float32 arithmetic over 50 steps
 
 
@@ -110,7 +101,7 @@ def test_ddim_maps_gaussian_noise_to_the_mixture(steps):
         assert abs(weight - w) < 4 * math.sqrt(w * (1 - w) / n)
         assert (xs.mean(0) - MEANS[j]).abs().max().item() < 4 * s / math.sqrt(n_k)
         ratio, se = xs.var(0).mean().item() / s**2, math.sqrt(2 / (n_k * 4))
-        lower = _gaussian_gain(s, ts) ** 2 / s**2
+        lower = gaussian_gain(SCHEDULE, s, [*ts, -1]) ** 2 / s**2
         assert lower - 4 * se < ratio < 1 + 4 * se, (j, ratio, lower)
         if steps == 1000:
             assert lower > 0.98  # so at S = T the variances match the data within 2 % + 4 s.e.

@@ -6,8 +6,11 @@ x = ddim.sample(model, n=16, steps=50, eta=0.0, seed=0)   # (16, C, H, W) in [-1
 """
 
 from ddim.checkpoint import CheckpointError, builtin_names, load, save
+from ddim.consistency import consistency
+from ddim.interpolation import interpolate, slerp
+from ddim.inversion import invert, reconstruct, reconstruction_errors
 from ddim.models import Model
-from ddim.sampling import Trajectory, sample
+from ddim.sampling import Trajectory, sample, seeded_latents
 from ddim.schedule import NoiseSchedule, custom_timesteps, timesteps
 
 __version__ = "0.1.0"
@@ -17,9 +20,16 @@ __all__ = [
     "NoiseSchedule",
     "Trajectory",
     "builtin_names",
+    "consistency",
     "custom_timesteps",
+    "interpolate",
+    "invert",
     "load",
+    "reconstruct",
+    "reconstruction_errors",
     "sample",
     "save",
+    "seeded_latents",
+    "slerp",
     "timesteps",
 ]

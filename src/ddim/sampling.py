@@ -38,7 +38,12 @@ _LATENT_STREAM, _STEP_NOISE_STREAM = 0, 1  # two independent random streams per 
 
 
 def sigma_eta(alpha_bar_t: float, alpha_bar_next: float, eta: float) -> float:
-    """σ of eq. 16; η = 1 gives the DDPM posterior standard deviation √β̃."""
+    """σ of eq. 16; η = 1 gives the DDPM posterior standard deviation √β̃.
+
+    η = 0 gives 0 for any pair, also upward (ᾱ_t' < ᾱ_t, where the root would be imaginary).
+    """
+    if eta == 0:
+        return 0.0
     return eta * math.sqrt((1 - alpha_bar_next) / (1 - alpha_bar_t) * (1 - alpha_bar_t / alpha_bar_next))
 
 
@@ -260,11 +265,17 @@ def _draw(gens: list[torch.Generator], like: Tensor) -> Tensor:
     return z.to(device=like.device, dtype=like.dtype)
 
 
+def seeded_latents(shape: Sequence[int], seed: int, indices: Sequence[int]) -> Tensor:
+    """The x_T of samples `indices` under `seed`, (len(indices), *shape) float32 on the CPU:
+    exactly what `sample(..., seed=seed)` starts sample i from."""
+    gens = [sample_generator(seed, i, _LATENT_STREAM) for i in indices]
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in gens])
+
+
 def _initial_noise(noise: Tensor | None, idx: range, seed: int, target: _Target) -> Tensor:
     if noise is not None:
         return noise[idx.start : idx.stop].to(device=target.device, dtype=torch.float32)
-    gens = [sample_generator(seed, i, _LATENT_STREAM) for i in idx]
-    return torch.stack([torch.randn(target.shape, generator=g) for g in gens]).to(target.device)
+    return seeded_latents(target.shape, seed, idx).to(target.device)
 
 
 def _resolve(

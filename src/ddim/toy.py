@@ -11,7 +11,10 @@ solvers can be tested against the true data distribution instead of a trained ne
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 from torch import Tensor, nn
@@ -109,6 +112,21 @@ class MixtureDenoiser(nn.Module):
         z = torch.randn(n, *self.means.shape[1:], dtype=torch.float64, generator=generator)
         scale = self.stds[k].reshape(n, *([1] * (z.ndim - 1)))
         return self.means[k] + scale * z, k
+
+
+def gaussian_gain(schedule: NoiseSchedule, std: float, path: Sequence[int]) -> float:
+    """For data N(μ, std² I), exact ε̂ and η = 0, DDIM along `path` (either direction, −1 = clean)
+    maps x to √ᾱ_end μ + c (x − √ᾱ_start μ): c is the product of the per-step gains
+
+        g(t → t') = (√(ᾱ_t' ᾱ_t) s² + √((1 − ᾱ_t')(1 − ᾱ_t))) / (ᾱ_t s² + 1 − ᾱ_t),
+
+    from eq. 12 with x̂_0 = μ + √ᾱ_t s² (x − √ᾱ_t μ)/v_t, ε̂ = √(1 − ᾱ_t)(x − √ᾱ_t μ)/v_t.
+    """
+    c = 1.0
+    for t, t_next in pairwise(path):
+        a, a_next = schedule.alpha_bar_at(t).item(), schedule.alpha_bar_at(t_next).item()
+        c *= (math.sqrt(a_next * a) * std**2 + math.sqrt((1 - a_next) * (1 - a))) / (a * std**2 + 1 - a)
+    return c
 
 
 def glyphs(size: int = 32) -> Tensor:

@@ -7,8 +7,11 @@ import json
 import time
 from pathlib import Path
 
+from torch import Tensor
+
 from ddim.checkpoint import load
 from ddim.cli._args import DEFAULT_MODEL, device_arg, eta_arg, int_at_least, int_list
+from ddim.cli._images import read_latents
 from ddim.io import save_samples, save_trajectory_gif
 from ddim.sampling import PRECISIONS, SAMPLERS, sample
 from ddim.schedule import SPACINGS, custom_timesteps, timesteps
@@ -19,6 +22,7 @@ SAMPLE_EXAMPLES = """examples:
   ddim sample --sampler ddpm --steps 1000       the DDPM ancestral sampler
   ddim sample --n 1000 --out-dir samples/ --npz samples.npz --quiet
   ddim sample --steps 20 --trajectory traj.gif  watch x_t and the predicted x0 denoise
+  ddim sample --latents latents.npz             decode the latents of `ddim invert`
 """
 
 
@@ -33,7 +37,16 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"built-in name or checkpoint path (default: {DEFAULT_MODEL})"
     )
-    p.add_argument("--n", type=int_at_least(1), default=16, help="number of samples (default: 16)")
+    p.add_argument(
+        "--n", type=int_at_least(1), default=None, help="number of samples (default: 16, or all --latents)"
+    )
+    p.add_argument(
+        "--latents",
+        type=Path,
+        default=None,
+        help="decode these x_T (an .npz from `ddim invert`) instead of seeded noise; "
+        "its timesteps are used unless --steps/--timesteps is given",
+    )
     p.add_argument("--steps", type=int_at_least(1), default=None, help="sampling steps S (default: 50)")
     p.add_argument(
         "--eta", type=eta_arg, default=None, help="noise level η in [0, 1] for --sampler ddim (default: 0)"
@@ -84,14 +97,19 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     model = load(args.model)
     T = model.schedule.num_timesteps
+    latents, stored = read_latents(args.latents) if args.latents is not None else (None, None)
     if args.timesteps is not None:
         seq = custom_timesteps(T, args.timesteps)
+    elif args.steps is None and stored is not None:
+        seq = custom_timesteps(T, stored)  # decode with the sub-sequence the latents were inverted with
     else:
         seq = timesteps(T, 50 if args.steps is None else args.steps, args.spacing)
+    n = _count(args.n, latents)
     out = args.out if args.out is not None or args.out_dir or args.npz else Path("samples.png")
     settings = {
-        "model": str(args.model), "n": args.n, "sampler": args.sampler, "eta": args.eta, "steps": len(seq),
-        "seed": args.seed, "device": str(args.device), "precision": args.precision,
+        "model": str(args.model), "n": n, "latents": None if latents is None else str(args.latents),
+        "sampler": args.sampler, "eta": args.eta, "steps": len(seq), "seed": args.seed,
+        "device": str(args.device), "precision": args.precision,
     }  # fmt: skip
     if args.dry_run:
         print(json.dumps({**settings, "timesteps": seq.tolist()}, indent=2))
@@ -103,16 +121,26 @@ def run(args: argparse.Namespace) -> int:
         )
     start = time.perf_counter()
     result = sample(
-        model, args.n, steps=len(seq), timesteps=seq, eta=args.eta, sampler=args.sampler, seed=args.seed,
-        clip=args.clip, batch_size=args.batch_size, progress=not args.quiet, device=args.device,
-        precision=args.precision, return_trajectory=args.trajectory is not None,
+        model, n, noise=None if latents is None else latents[:n], steps=len(seq), timesteps=seq,
+        eta=args.eta, sampler=args.sampler, seed=args.seed, clip=args.clip, batch_size=args.batch_size,
+        progress=not args.quiet, device=args.device, precision=args.precision,
+        return_trajectory=args.trajectory is not None,
     )  # fmt: skip
     seconds = time.perf_counter() - start
     x, trajectory = result if isinstance(result, tuple) else (result, None)
     written = save_samples(x, grid=out, out_dir=args.out_dir, npz=args.npz, nrow=args.nrow)
     if trajectory is not None:
         written.append(save_trajectory_gif(trajectory, args.trajectory, nrow=args.nrow))
-    print(f"{args.n} samples, {len(seq)} steps, {seconds:.1f} s ({seconds / len(seq):.3f} s/step)")
+    print(f"{n} samples, {len(seq)} steps, {seconds:.1f} s ({seconds / len(seq):.3f} s/step)")
     for path in written:
         print(f"wrote {path}")
     return 0
+
+
+def _count(n: int | None, latents: Tensor | None) -> int:
+    """--n: 16 by default; with --latents, all of them or the first n."""
+    if latents is None:
+        return 16 if n is None else n
+    if n is not None and n > len(latents):
+        raise ValueError(f"--n {n} asks for more samples than the {len(latents)} latents given")
+    return len(latents) if n is None else n
