@@ -35,3 +35,19 @@ def tiny_model() -> Model:
 @pytest.fixture
 def tiny_checkpoint(tmp_path, tiny_model):
     return ddim.save(tiny_model, tmp_path / "tiny.safetensors")
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run `ddim ARGV` in-process: (exit code, stdout, stderr), whether it returns or exits."""
+    from ddim.cli import main
+
+    def run(*argv) -> tuple[int, str, str]:
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
