@@ -115,14 +115,14 @@ def train(
     `train_config.RESUMABLE`, such as `steps`, may differ from the saved config).
     """
     device = torch.device(device)
-    run = RunFolder(out)
-    run.check_config(config) if resume else run.create(config)
     data = load_images(
         config.data, key=config.data_key, resolution=config.net.resolution, fit=config.fit,
         channels=config.net.in_channels, progress=progress,
     )  # fmt: skip
     if len(data) < config.batch_size:
         raise ValueError(f"the dataset has {len(data)} images, fewer than batch_size={config.batch_size}")
+    run = RunFolder(out)  # touched only once the data is known to be good
+    run.check_config(config) if resume else run.create(config)
     schedule = config.schedule()
     with _seeded_global_rng(config.seed, device):
         net = UNet(config.net).to(device)
