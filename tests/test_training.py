@@ -7,10 +7,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 import ddim
@@ -227,3 +229,47 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, dataset):
     assert step >= 2
     assert math.isfinite(sum(v.sum().item() for v in model.net.state_dict().values()))
     assert not (out / "model.safetensors").exists()  # training was not complete
+
+
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"
+
+
+@pytest.mark.skipif(not MNIST.is_file(), reason=f"real MNIST not found at {MNIST}")
+def test_cli_stop_and_resume_on_real_mnist_matches_an_uninterrupted_run(tmp_path, capsys):
+    """Through the real command on MNIST: 3 steps, stop, resume to 6 == 6 steps in one go."""
+    tiny = ["--set", "net.ch=8", "--set", "net.norm_groups=4", "--set", "net.ch_mult=[1, 2]",
+            "--set", "net.attn_resolutions=[14]", "--set", "net.dropout=0.1", "--set", "hflip=true",
+            "--set", "log_every=1", "--set", "sample_every=0", "--batch-size", "8", "--quiet"]  # fmt: skip
+    code, _, err = run_cli(capsys, "train", "--data", MNIST, "--out", tmp_path / "whole", "--steps", 6, *tiny)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--data", MNIST, "--out", tmp_path / "split", "--steps", 3, *tiny)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "split", "--resume", "--steps", 6, "--quiet")
+    assert code == 0, err
+    logs = [[json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+            for r in ("whole", "split")]  # fmt: skip
+    assert [r["step"] for r in logs[1]] == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([r["loss"] for r in logs[1]], [r["loss"] for r in logs[0]], rtol=1e-6)
+    a, b = (load_file(tmp_path / r / "model.safetensors") for r in ("whole", "split"))
+    assert all(torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-7) for k in a)
+
+
+def test_cli_bad_data_names_the_file(tmp_path, capsys):
+    (tmp_path / "mixed").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "mixed" / "a.png")
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(tmp_path / "mixed" / "b.png")
+    (tmp_path / "corrupt").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "corrupt" / "a.png")
+    (tmp_path / "corrupt" / "b.png").write_bytes(b"\x89PNG truncated")
+    np.savez(tmp_path / "d.npz", images=np.zeros((4, 8, 8), np.uint8))
+    cases = [
+        (tmp_path / "nope.npz", "no such dataset: " + str(tmp_path / "nope.npz")),
+        (tmp_path / "d.npz", f"{tmp_path / 'd.npz'} has no array 'x_train' (it has: images)"),
+        (tmp_path / "mixed", f"{tmp_path / 'mixed' / 'b.png'}: images of 40×40 do not fit in 28×28"),
+        (tmp_path / "corrupt", f"{tmp_path / 'corrupt' / 'b.png'}: cannot read this image"),
+    ]
+    for data, message in cases:
+        code, _, err = run_cli(capsys, "train", "--data", data, "--out", tmp_path / "r")
+        assert code == 2
+        assert message in err
+        assert err.count("\n") == 1
