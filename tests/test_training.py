@@ -269,7 +269,7 @@ def test_cli_bad_data_names_the_file(tmp_path, capsys):
         (tmp_path / "corrupt", f"{tmp_path / 'corrupt' / 'b.png'}: cannot read this image"),
     ]
     for data, message in cases:
-        code, _, err = run_cli(capsys, "train", "--data", data, "--out", tmp_path / "r")
+        code, _, err = run_cli(capsys, "train", "--data", data, "--out", tmp_path / "r", "--quiet")
         assert code == 2
         assert message in err
         assert err.count("\n") == 1
