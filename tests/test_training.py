@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 import ddim
 from ddim.cli import main
+from ddim.models.unet import UNet
 from ddim.train_config import TrainConfig, apply_assignments, load_toml, to_toml
 from ddim.training import TrainingError, batch_indices, diffusion_loss, ema_update, train
 
@@ -273,3 +274,16 @@ def test_cli_bad_data_names_the_file(tmp_path, capsys):
         assert code == 2
         assert message in err
         assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+def test_shipped_recipes_parse(name, capsys):
+    path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml"
+    config = TrainConfig.from_dict(load_toml(path))
+    if name == "mnist":
+        assert config == TrainConfig()  # the file is the defaults, written out
+    else:
+        assert sum(p.numel() for p in UNet(config.net).parameters()) == 35_746_307
+    code, out, err = run_cli(capsys, "train", "--config", path, "--data", "x.npz", "--out", "r", "--dry-run")
+    assert code == 0, err
+    assert json.loads(out)["net"]["ch"] == config.net.ch
