@@ -21,6 +21,20 @@ def _assert_same_model(a: Model, b: Model) -> None:
     assert a.net.config == b.net.config
 
 
+def test_half_precision_storage_rounds_each_weight_once(tmp_path, tiny_model):
+    path = ddim.save(tiny_model, tmp_path / "h.safetensors", dtype=torch.float16)
+    loaded = ddim.load(path)
+    for (name, w), (_, w16) in zip(
+        tiny_model.net.state_dict().items(), loaded.net.state_dict().items(), strict=True
+    ):
+        assert w16.dtype == w.dtype, name  # back in the network's own float32
+        assert torch.equal(w16, w.half().float()), name
+    torch.testing.assert_close(loaded.schedule.betas, tiny_model.schedule.betas, rtol=0, atol=0)
+    assert path.stat().st_size < 0.6 * ddim.save(tiny_model, tmp_path / "f.safetensors").stat().st_size
+    with pytest.raises(ValueError, match="floating-point"):
+        ddim.save(tiny_model, tmp_path / "i.safetensors", dtype=torch.int8)
+
+
 def test_unet_round_trip_is_exact(tmp_path, make_tiny_model):
     model = make_tiny_model()
     model = Model(

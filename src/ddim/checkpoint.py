@@ -49,12 +49,24 @@ def _weights_dir():  # a Traversable, the package's weights/ folder
     return resources.files("ddim") / "weights"
 
 
-def save(model: Model, path: str | os.PathLike) -> Path:
-    """Write `model` as a native checkpoint, atomically. Returns the path."""
+def save(model: Model, path: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+    """Write `model` as a native checkpoint, atomically. Returns the path.
+
+    dtype: store the floating-point weights in this type (e.g. torch.float16, half the size);
+    they load back into the network's own dtype. The schedule always stays float64.
+    """
     config = getattr(model.net, "config", None)
     if not hasattr(config, "to_dict"):
         raise ValueError(f"cannot save a {type(model.net).__name__}: its config has no to_dict()")
-    tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point type, got {dtype}")
+    tensors = {
+        f"net.{k}": (v.to(dtype) if dtype is not None and v.is_floating_point() else v)
+        .detach()
+        .cpu()
+        .contiguous()
+        for k, v in model.net.state_dict().items()
+    }
     tensors["schedule.betas"] = model.schedule.betas
     meta = {
         "format": FORMAT,

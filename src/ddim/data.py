@@ -136,16 +136,18 @@ def _load_folder_files(
     for file in tqdm(files, disable=not progress, desc="loading images", unit="img"):
         img = _read_image(file, channels)
         if resolution is not None:
-            img = fit_images(img[None], resolution, fit)[0]
+            try:
+                img = fit_images(img[None], resolution, fit)[0]
+            except DataError as e:
+                raise DataError(f"{file}: {e}") from None
+        elif images and img.shape[-2:] != images[0].shape[-2:]:
+            (h0, w0), (h, w) = images[0].shape[-2:], img.shape[-2:]
+            raise DataError(
+                f"{file} is {h}×{w} but {files[0]} is {h0}×{w0}; give a resolution to fit them all"
+            )
         images.append(img)
     if channels is None and any(img.shape[0] == 3 for img in images):
         images = [img.expand(3, -1, -1) for img in images]  # mixed folder: grayscale → RGB
-    sizes = {tuple(img.shape[-2:]) for img in images}
-    if len(sizes) > 1:
-        raise DataError(
-            f"images have different sizes ({', '.join(f'{h}×{w}' for h, w in sorted(sizes)[:3])}); "
-            "give a resolution to fit them"
-        )
     return torch.stack(images).contiguous()
 
 

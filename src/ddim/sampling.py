@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Literal, get_args
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ddim.models import Model
 from ddim.models.parameterization import Prediction, eps_from_x0, to_x0_eps
+from ddim.rng import seeded_generator
 from ddim.schedule import NoiseSchedule, Spacing, custom_timesteps, timesteps
 
 Sampler = Literal["ddim", "ddpm", "ddpm-large"]
@@ -139,13 +139,8 @@ def _autocast(device: torch.device, precision: Precision) -> contextlib.Abstract
 
 
 def sample_generator(seed: int, index: int, stream: int) -> torch.Generator:
-    """The CPU generator of sample `index` under `seed`: stream 0 draws x_T, stream 1 step noise.
-
-    Seeds are mixed with numpy's SeedSequence, so neighbouring (seed, index) pairs give
-    independent streams; draws happen on the CPU, so an image does not depend on the device.
-    """
-    state = np.random.SeedSequence([seed, index, stream]).generate_state(2, np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    """The CPU generator of sample `index` under `seed`: stream 0 draws x_T, stream 1 step noise."""
+    return seeded_generator(seed, index, stream)
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,11 @@ from collections.abc import Sequence
 
 from ddim import __version__
 from ddim.checkpoint import CheckpointError
-from ddim.cli import consistency, info, interpolate, invert, reconstruct, sample
+from ddim.cli import consistency, info, interpolate, invert, reconstruct, sample, train
 from ddim.cli._args import Parser
+from ddim.training import TrainingError
 
-SUBCOMMANDS = (sample, invert, reconstruct, interpolate, consistency, info)
+SUBCOMMANDS = (sample, invert, reconstruct, interpolate, consistency, train, info)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, ValueError, OSError) as e:
+    except (CheckpointError, TrainingError, ValueError, OSError) as e:
         print(f"ddim {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

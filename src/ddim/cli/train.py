@@ -1,0 +1,95 @@
+"""`ddim train`: train a U-Net with the DDPM objective into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ddim.cli._args import device_arg, int_at_least
+from ddim.runs import RunFolder
+from ddim.train_config import TrainConfig, apply_assignments, load_toml
+from ddim.training import train
+
+TRAIN_EXAMPLES = """examples:
+  ddim train --data mnist.npz --out runs/mnist          the shipped MNIST recipe (the defaults)
+  ddim train --data photos/ --out runs/cats --config cifar.toml --set net.resolution=64
+  ddim train --out runs/mnist --resume --steps 12000    continue (and extend) a run
+  ddim train --data mnist.npz --out runs/x --dry-run    print the resolved config
+
+settings: the defaults, then --config FILE (TOML), then the flags below, then --set KEY=VALUE
+(TOML values; dotted keys reach the net table, e.g. --set net.ch=64 --set 'net.ch_mult=[1,2,2]').
+Ctrl-C saves a checkpoint and exits; --resume continues exactly where it stopped.
+"""
+
+# flag → TrainConfig field, for the settings common enough to deserve a flag
+_FLAGS = {"data": "data", "steps": "steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
+          "precision": "precision"}  # fmt: skip
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train",
+        help="train a diffusion model (DDPM objective) into a run folder",
+        description="Train a U-Net with the DDPM ε-prediction objective; EMA weights are what sampling uses.",
+        epilog=TRAIN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, required=True, help="the run folder (created; must not hold a run)")
+    p.add_argument("--data", default=None, help="an .npz with x_train, or an image folder")
+    p.add_argument("--config", type=Path, default=None, help="a TOML file of settings")
+    p.add_argument(
+        "--steps", type=int_at_least(1), default=None, help=f"optimizer steps (default: {d.steps})"
+    )
+    p.add_argument(
+        "--batch-size", type=int_at_least(1), default=None, help=f"images per step (default: {d.batch_size})"
+    )
+    p.add_argument("--lr", type=float, default=None, help=f"peak learning rate (default: {d.lr})")
+    p.add_argument("--seed", type=int_at_least(0), default=None, help=f"run seed (default: {d.seed})")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default=None,
+        help=f"forward autocast (default: {d.precision})",
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, TOML value")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
+    p.add_argument(
+        "--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.set_defaults(func=run)
+
+
+def resolve_config(args: argparse.Namespace) -> TrainConfig:
+    """Defaults ← the run's saved config (--resume) or --config ← flags ← --set."""
+    if args.resume:
+        settings = RunFolder(args.out).saved_config().to_dict()
+    else:
+        settings = load_toml(args.config) if args.config else {}
+    for flag, key in _FLAGS.items():
+        if getattr(args, flag) is not None:
+            settings[key] = getattr(args, flag)
+    config = TrainConfig.from_dict(apply_assignments(settings, args.set))
+    if not config.data:
+        raise ValueError("no training data: give --data (an .npz or an image folder)")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    config = resolve_config(args)
+    if args.dry_run:
+        print(json.dumps(config.to_dict(), indent=2))
+        return 0
+    result = train(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    if result.interrupted:
+        print(f"interrupted at step {result.step}; saved {result.checkpoint}")
+        print(f"continue with: ddim train --out {args.out} --resume")
+        return 130
+    print(f"trained {result.step} steps; EMA model: {Path(args.out) / 'model.safetensors'}")
+    print(f"sample it with: ddim sample --model {Path(args.out) / 'model.safetensors'}")
+    return 0

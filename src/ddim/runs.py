@@ -1,0 +1,174 @@
+"""A training run's folder: config, checkpoints, metrics log, sample grids, loss curve.
+
+    RUN/config.toml                           the resolved TrainConfig
+    RUN/metrics.jsonl                         one JSON line per log interval
+    RUN/checkpoints/step-00001000.safetensors the EMA model (native format: `ddim sample --model` it)
+    RUN/checkpoints/step-00001000.state.pt    net, optimizer, step (torch.save; read with weights_only)
+    RUN/samples/step-00001000.png             DDIM samples of the EMA model, fixed seeds
+    RUN/model.safetensors                     the final EMA model
+    RUN/loss.png                              the loss curve
+
+Every file is written atomically; a checkpoint counts only once both of its files exist.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ddim.checkpoint import load, save
+from ddim.io import atomic_write, make_grid, save_png, to_uint8
+from ddim.models import Model
+from ddim.sampling import sample
+from ddim.train_config import RESUMABLE, TrainConfig, load_toml, to_toml
+
+_STATE_FORMAT, _STATE_VERSION = "ddim-train-state", 1
+_STEP_FILE = re.compile(r"step-(\d+)\.safetensors$")
+
+
+class RunFolder:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.checkpoints = self.path / "checkpoints"
+
+    # -- config ---------------------------------------------------------------------------
+    def create(self, config: TrainConfig) -> None:
+        """Start a new run here; refuse a folder that already holds one (nothing is overwritten)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ValueError(f"{self.path} exists and is not a folder")
+        if (self.path / "config.toml").exists() or self.steps():
+            raise ValueError(
+                f"{self.path} already holds a training run; continue it with --resume or choose another --out"
+            )
+        atomic_write(self.path / "config.toml", lambda f: f.write(to_toml(config.to_dict()).encode()))
+
+    def saved_config(self) -> TrainConfig:
+        file = self.path / "config.toml"
+        if not file.is_file():
+            raise ValueError(f"{self.path} holds no training run to resume (no config.toml)")
+        return TrainConfig.from_dict(load_toml(file))
+
+    def check_config(self, config: TrainConfig) -> None:
+        """A resumed run may only change the settings in RESUMABLE; the new config is saved."""
+        saved = self.saved_config().to_dict()
+        changed = [k for k, v in config.to_dict().items() if saved[k] != v and k not in RESUMABLE]
+        if changed:
+            k = changed[0]
+            raise ValueError(
+                f"cannot resume {self.path} with {k}={config.to_dict()[k]!r}: the run used {saved[k]!r} "
+                f"(on resume only {', '.join(sorted(RESUMABLE))} may change)"
+            )
+        if not self.steps():
+            raise ValueError(f"{self.path} has no checkpoint yet; start it again without --resume")
+        atomic_write(self.path / "config.toml", lambda f: f.write(to_toml(config.to_dict()).encode()))
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def steps(self) -> list[int]:
+        """Steps with a complete checkpoint (both files), ascending."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = (_STEP_FILE.search(p.name) for p in self.checkpoints.iterdir())
+        return sorted(int(m[1]) for m in found if m and self._state_file(int(m[1])).is_file())
+
+    def latest_checkpoint(self) -> Path | None:
+        steps = self.steps()
+        return self._model_file(steps[-1]) if steps else None
+
+    def save_checkpoint(
+        self, step: int, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, model: Model,
+        config: TrainConfig, wall: float,
+    ) -> Path:  # fmt: skip
+        """Write the EMA model and the training state of `step`, then prune old checkpoints."""
+        info = {"training": config.to_dict(), "step": step, "wall_time_s": round(wall, 1)}
+        ema_model = Model(ema, model.schedule, model.image_shape, model.prediction, info)
+        state = {
+            "format": _STATE_FORMAT, "version": _STATE_VERSION, "step": step, "wall_time_s": wall,
+            "net": net.state_dict(), "optimizer": opt.state_dict(),
+        }  # fmt: skip
+        atomic_write(self._state_file(step), lambda f: torch.save(state, f))
+        path = save(ema_model, self._model_file(step))
+        for old in self.steps()[: -config.keep_checkpoints]:
+            self._model_file(old).unlink(missing_ok=True)
+            self._state_file(old).unlink(missing_ok=True)
+        return path
+
+    def load_latest(self, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float]:
+        """Restore net, EMA and optimizer from the latest checkpoint; returns (step, wall time)."""
+        step = self.steps()[-1]
+        file = self._state_file(step)
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:  # any unreadable or unsafe file: report it in one line
+            raise ValueError(f"{file}: cannot read the training state ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT or state.get("step") != step:
+            raise ValueError(f"{file} is not the ddim training state of step {step}")
+        device = next(net.parameters()).device
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["optimizer"])
+        ema.load_state_dict(load(self._model_file(step)).net.state_dict())
+        ema.to(device)
+        self._truncate_log(step)
+        return step, float(state["wall_time_s"])
+
+    def _model_file(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:08d}.safetensors"
+
+    def _state_file(self, step: int) -> Path:
+        return self.checkpoints / f"step-{step:08d}.state.pt"
+
+    # -- logs, samples, plots -------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        file = self.path / "metrics.jsonl"
+        if not file.is_file():
+            return []
+        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log lines past `step` (written after the checkpoint a run resumes from)."""
+        kept = "".join(json.dumps(r) + "\n" for r in self.records() if r["step"] <= step)
+        atomic_write(self.path / "metrics.jsonl", lambda f: f.write(kept.encode()))
+
+    def save_sample_grid(self, step: int, model: Model, config: TrainConfig) -> Path:
+        device = next(model.net.parameters()).device
+        x = sample(model, config.sample_n, steps=config.sample_steps, seed=0, device=device)
+        return save_png(make_grid(to_uint8(x)), self.path / "samples" / f"step-{step:08d}.png")
+
+    def finish(self, checkpoint: Path | None, complete: bool) -> None:
+        """Plot the loss curve; when training is complete, copy the last EMA model to model.safetensors."""
+        if complete and checkpoint is not None:
+            atomic_write(self.path / "model.safetensors", lambda f: f.write(checkpoint.read_bytes()))
+        records = self.records()
+        if records:
+            plot_loss(records, self.path / "loss.png")
+
+
+def plot_loss(records: list[dict], path: Path) -> Path:
+    """The training loss (mean per log interval) against the step, log-scaled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in records]
+    losses = [r["loss"] for r in records]
+    window = max(1, len(losses) // 50)
+    smooth = [sum(losses[max(0, i - window + 1) : i + 1]) / len(losses[max(0, i - window + 1) : i + 1])
+              for i in range(len(losses))]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    ax.plot(steps, losses, color="0.75", lw=0.8, label="per log interval")
+    ax.plot(steps, smooth, color="C0", lw=1.6, label=f"running mean of {window}")
+    ax.set(xlabel="step", ylabel="ε-prediction MSE", yscale="log", title="training loss")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    plt.close(fig)
+    return path
