@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
-from ddim.checkpoint import load
+from ddim.checkpoint import builtin_names, load
 from ddim.cli import main as ddim_main
 from ddim.io import atomic_write
 
 DOC = Path("docs/latent-space.md")
 IMAGES = Path("docs/images")
 RESULTS = Path("docs/results")
+SECTIONS = ("table2", "seeds", "images", "consistency")
 
 
 def commands(model: str, data: str, limit: int, n: int, batch_size: int) -> dict[str, list[str]]:
@@ -91,7 +92,10 @@ def fill(doc: str, name: str, body: str) -> str:
 def describe(model_name: str) -> str:
     info = load(model_name).info
     step = info.get("step") or info.get("training", {}).get("steps")
-    return f"`{model_name}`" + (f" (training step {step})" if step is not None else "")
+    text = f"`{model_name}`" + (f" (training step {step})" if step is not None else "")
+    if model_name not in builtin_names():
+        text += " — a checkpoint file, not the shipped model: regenerate with `--model mnist`"
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--limit", type=int, default=500, help="test images for Table 2 (default: 500)")
     p.add_argument("--n", type=int, default=16, help="latents for the consistency figures (default: 16)")
     p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--only", nargs="*", default=None, help="run only these sections")
+    p.add_argument("--only", nargs="*", choices=SECTIONS, default=None, help="run only these sections")
     args = p.parse_args(argv)
     cmds = commands(args.model, args.data, args.limit, args.n, args.batch_size)
     times, fills = {}, {}
