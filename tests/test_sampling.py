@@ -143,6 +143,8 @@ def test_same_seed_and_index_give_the_same_image_whatever_the_batch(tiny_model, 
         batched = ddim.sample(tiny_model, 7, steps=6, eta=eta, seed=3, batch_size=batch_size)
         torch.testing.assert_close(batched, full, **same)
     torch.testing.assert_close(ddim.sample(tiny_model, 4, steps=6, eta=eta, seed=3), full[:4], **same)
+    shard = ddim.sample(tiny_model, 3, steps=6, eta=eta, seed=3, start_index=4)  # samples 4, 5, 6
+    torch.testing.assert_close(shard, full[4:], **same)
 
 
 def test_given_latents_reproduce_the_seeded_samples_even_with_noise(tiny_model):

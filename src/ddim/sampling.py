@@ -177,6 +177,7 @@ def sample(
     device: str | torch.device | None = None,
     precision: Precision = "fp32",
     return_trajectory: bool = False,
+    start_index: int = 0,
 ) -> Tensor | tuple[Tensor, Trajectory]:
     """Draw n samples, (n, *shape) float32 on the CPU, in the data range ([-1, 1] for images).
 
@@ -187,6 +188,8 @@ def sample(
     its x_T and its step noise from generators seeded by (seed, i), so it does not depend on
     n, batch_size or the device; seed=None picks a fresh random seed. `noise=` gives x_T
     directly. A `Model`'s net is moved to `device` (default: where its parameters are).
+    start_index: draw samples start_index … start_index + n − 1 of the seed's sequence (a shard
+    of a larger run gives the same images as the whole run).
     """
     target = _resolve(model, noise, shape, schedule, device)
     n = _check_n(n, noise)
@@ -195,6 +198,7 @@ def sample(
     seq = _sub_sequence(T, steps, spacing, timesteps)
     ts = [*seq.tolist(), -1]
     seed = int(torch.randint(0, 2**62, ())) if seed is None else _check_seed(seed)
+    start_index = _check_seed(start_index, "start_index")
     batch_size = batch_size or n
     chunks = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
@@ -203,8 +207,8 @@ def sample(
     bar = tqdm(total=len(chunks) * len(seq), disable=not progress, unit="step", desc="sampling")
     with torch.no_grad(), _eval_mode(target.net), bar:
         for idx in chunks:
-            x_T = _initial_noise(noise, idx, seed, target)
-            gens = [sample_generator(seed, i, _STEP_NOISE_STREAM) for i in idx]
+            x_T = _initial_noise(noise, idx, seed, target, start_index)
+            gens = [sample_generator(seed, start_index + i, _STEP_NOISE_STREAM) for i in idx]
             x, record = _sample_chunk(target, x_T, ts, gens, options, bar, return_trajectory)
             outputs.append(x.float().cpu())
             records.append((x_T.cpu(), record))
@@ -255,10 +259,11 @@ def _draw(gens: list[torch.Generator], like: Tensor) -> Tensor:
     return z.to(device=like.device, dtype=like.dtype)
 
 
-def _initial_noise(noise: Tensor | None, idx: range, seed: int, target: _Target) -> Tensor:
+def _initial_noise(noise: Tensor | None, idx: range, seed: int, target: _Target, start_index: int) -> Tensor:
+    """x_T of the batch at positions `idx`: rows of `noise`, or drawn for samples start_index + idx."""
     if noise is not None:
         return noise[idx.start : idx.stop].to(device=target.device, dtype=torch.float32)
-    gens = [sample_generator(seed, i, _LATENT_STREAM) for i in idx]
+    gens = [sample_generator(seed, start_index + i, _LATENT_STREAM) for i in idx]
     return torch.stack([torch.randn(target.shape, generator=g) for g in gens]).to(target.device)
 
 
@@ -337,9 +342,9 @@ def _check_n(n: int | None, noise: Tensor | None) -> int:
     return n
 
 
-def _check_seed(seed: int) -> int:
+def _check_seed(seed: int, name: str = "seed") -> int:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise ValueError(f"{name} must be a non-negative integer, got {seed!r}")
     return seed
 
 

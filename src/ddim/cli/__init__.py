@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ddim import __version__
+from ddim import __version__, distributed
 from ddim.checkpoint import CheckpointError
 from ddim.cli import info, sample, train
 from ddim.cli._args import Parser
@@ -40,3 +40,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ddim {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()

@@ -7,6 +7,9 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
+from ddim import distributed
 from ddim.checkpoint import load
 from ddim.cli._args import DEFAULT_MODEL, device_arg, eta_arg, int_at_least, int_list
 from ddim.io import save_samples, save_trajectory_gif
@@ -33,7 +36,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"built-in name or checkpoint path (default: {DEFAULT_MODEL})"
     )
-    p.add_argument("--n", type=int_at_least(1), default=16, help="number of samples (default: 16)")
+    p.add_argument("-n", "--n", type=int_at_least(1), default=16, help="number of samples (default: 16)")
     p.add_argument("--steps", type=int_at_least(1), default=None, help="sampling steps S (default: 50)")
     p.add_argument(
         "--eta", type=eta_arg, default=None, help="noise level η in [0, 1] for --sampler ddim (default: 0)"
@@ -82,6 +85,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    device = distributed.init(args.device)  # under torchrun: join the group, one GPU per rank
+    if distributed.launched() and args.trajectory is not None:
+        raise ValueError("--trajectory is for single-process runs (not under torchrun)")
     model = load(args.model)
     T = model.schedule.num_timesteps
     if args.timesteps is not None:
@@ -89,27 +95,39 @@ def run(args: argparse.Namespace) -> int:
     else:
         seq = timesteps(T, 50 if args.steps is None else args.steps, args.spacing)
     out = args.out if args.out is not None or args.out_dir or args.npz else Path("samples.png")
+    main = distributed.is_main()
     settings = {
         "model": str(args.model), "n": args.n, "sampler": args.sampler, "eta": args.eta, "steps": len(seq),
-        "seed": args.seed, "device": str(args.device), "precision": args.precision,
+        "seed": args.seed, "device": str(device), "precision": args.precision,
+        "processes": distributed.world_size(),
     }  # fmt: skip
     if args.dry_run:
-        print(json.dumps({**settings, "timesteps": seq.tolist()}, indent=2))
+        if main:
+            print(json.dumps({**settings, "timesteps": seq.tolist()}, indent=2))
         return 0
-    if args.steps is not None and args.timesteps is None and len(seq) < args.steps:
+    if main and args.steps is not None and args.timesteps is None and len(seq) < args.steps:
         print(
             f"note: {args.spacing} spacing repeats timesteps at S={args.steps}; "
             f"using its {len(seq)} distinct steps"
         )
+    shard = distributed.shard(args.n)  # this process's samples: all of them for one process
     start = time.perf_counter()
-    result = sample(
-        model, args.n, steps=len(seq), timesteps=seq, eta=args.eta, sampler=args.sampler, seed=args.seed,
-        clip=args.clip, batch_size=args.batch_size, progress=not args.quiet, device=args.device,
-        precision=args.precision, return_trajectory=args.trajectory is not None,
-    )  # fmt: skip
+    x, trajectory = torch.empty(0, *model.image_shape), None
+    if len(shard):
+        result = sample(
+            model, len(shard), steps=len(seq), timesteps=seq, eta=args.eta, sampler=args.sampler,
+            seed=args.seed, clip=args.clip, batch_size=args.batch_size, progress=main and not args.quiet,
+            device=device, precision=args.precision, return_trajectory=args.trajectory is not None,
+            start_index=shard.start,
+        )  # fmt: skip
+        x, trajectory = result if isinstance(result, tuple) else (result, None)
+    written = save_samples(x, out_dir=args.out_dir, first_index=shard.start) if args.out_dir else []
+    everything = distributed.gather_to_main(x)  # (n, C, H, W) on rank 0, None elsewhere
+    distributed.barrier()
     seconds = time.perf_counter() - start
-    x, trajectory = result if isinstance(result, tuple) else (result, None)
-    written = save_samples(x, grid=out, out_dir=args.out_dir, npz=args.npz, nrow=args.nrow)
+    if not main:
+        return 0
+    written += save_samples(everything, grid=out, npz=args.npz, nrow=args.nrow)
     if trajectory is not None:
         written.append(save_trajectory_gif(trajectory, args.trajectory, nrow=args.nrow))
     print(f"{args.n} samples, {len(seq)} steps, {seconds:.1f} s ({seconds / len(seq):.3f} s/step)")
