@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -179,14 +180,11 @@ def read_torch_file(path: str | os.PathLike) -> object:
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # torch's message spans many lines; keep the reason
-        lines = str(e).splitlines()
-        why = next(
-            (ln.split("error:", 1)[1].strip() for ln in lines if "WeightsUnpickler error:" in ln), None
-        )
+    except pickle.UnpicklingError as e:  # torch's message spans lines; keep its reason's first sentence
+        why = re.search(r"WeightsUnpickler error: (.*?)(?:\.\s|$)", str(e), re.MULTILINE)
         raise CheckpointError(
             f"{path}: refused: the pickle holds more than tensors and plain containers, and loading it "
-            f"could run code ({why or _first_line(e)})"
+            f"could run code ({why[1] if why else _first_line(e)})"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
         raise CheckpointError(

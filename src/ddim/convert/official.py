@@ -11,7 +11,9 @@ Two layouts, both read with `torch.load(weights_only=True)`:
 
 Module names are the official ones, which our U-Net keeps. The architecture is inferred from the
 weight shapes; the image resolution is not recorded in them, so it comes from the known configs
-below or from the caller. The schedule is the one every official config uses.
+below or from the caller. GroupNorm has 32 groups in every official model (pesser
+`model.py:Normalize`, our `UNetConfig` default), and the schedule is the one every official
+config uses.
 """
 
 from __future__ import annotations
