@@ -220,6 +220,7 @@ def test_ddim_trajectory_equals_diffusers_on_the_full_cifar10_unet(tmp_path):
         ({"add_attention": False}, "unsupported add_attention=False"),
         ({"attn_norm_num_groups": 4}, "unsupported attn_norm_num_groups=4"),
         ({"block_out_channels": [16, 24, 32, 32]}, "unsupported block_out_channels"),
+        ({"block_out_channels": [0, 32, 32, 32]}, "unsupported block_out_channels"),
         ({"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"]},
          "unsupported down_block_types"),
         ({"up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]},
@@ -291,6 +292,9 @@ def test_a_folder_without_weights_or_config(tmp_path):
     write_config(tmp_path / "pipe", {"vae": ["diffusers", "AutoencoderKL"]}, "model_index.json")
     with pytest.raises(CheckpointError, match=r"names no UNet2DModel component \(found \{'vae'"):
         ddim.load(tmp_path / "pipe")
+    write_config(tmp_path / "pipe", {"unet": ["diffusers", "UNet2DModel"]}, "model_index.json")
+    with pytest.raises(CheckpointError, match=r"pipe has no config\.json"):
+        ddim.load(tmp_path / "pipe")
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -312,3 +316,13 @@ def test_convert_and_info_through_the_command_line(tmp_path, capsys):
     assert forward_err(net, native) <= FORWARD_RTOL
     code, out, _ = run_cli(capsys, "info", target)
     assert "native ddim checkpoint" in out
+    for argv, message in [
+        (
+            ["--resolution", "16", "--out", tmp_path / "b.safetensors"],
+            "resolution is only for official checkpoints",
+        ),
+        (["--out", tmp_path / "b.pt"], "--out must end in .safetensors, got b.pt"),
+    ]:
+        code, _, err = run_cli(capsys, "convert", tmp_path / "unet", *argv)
+        assert code == 2
+        assert message in err

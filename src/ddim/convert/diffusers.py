@@ -136,24 +136,8 @@ def config_from_diffusers(cfg: dict, where: Path) -> UNetConfig:
         value = cfg.get(field, default)
         if value not in allowed:
             raise _refuse(where, field, value, " or ".join(map(repr, allowed)))
-    channels = list(cfg.get("block_out_channels", (224, 448, 672, 896)))
+    channels, attn_levels = _levels(cfg, where)
     ch = channels[0]
-    if any(c % ch for c in channels):
-        raise _refuse(where, "block_out_channels", channels, "multiples of the first entry")
-    down = list(
-        cfg.get("down_block_types", ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"))
-    )
-    up = list(cfg.get("up_block_types", ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")))
-    for field, types, allowed in (
-        ("down_block_types", down, "DownBlock2D"),
-        ("up_block_types", up, "UpBlock2D"),
-    ):
-        if len(types) != len(channels) or any(t not in (allowed, f"Attn{allowed}") for t in types):
-            raise _refuse(where, field, types, f"{len(channels)} of {allowed}/Attn{allowed}")
-    attn_levels = [i for i, t in enumerate(down) if t.startswith("Attn")]
-    if attn_levels != [len(up) - 1 - k for k, t in reversed(list(enumerate(up))) if t.startswith("Attn")]:
-        raise _refuse(where, "up_block_types", up, "attention at the same levels as down_block_types")
-    _check_heads(cfg, [channels[i] for i in attn_levels] + [channels[-1]], where)
     groups = cfg.get("norm_num_groups", 32)
     if cfg.get("attn_norm_num_groups") not in (None, groups):
         raise _refuse(where, "attn_norm_num_groups", cfg["attn_norm_num_groups"], f"null or {groups}")
@@ -173,6 +157,29 @@ def config_from_diffusers(cfg: dict, where: Path) -> UNetConfig:
         )  # fmt: skip
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{where}: {e}") from None
+
+
+def _levels(cfg: dict, where: Path) -> tuple[list[int], list[int]]:
+    """(channels of each level, the levels with attention), from block_out_channels and the
+    block types. Down block i is level i; up block k is level L − 1 − k."""
+    channels = list(cfg.get("block_out_channels", (224, 448, 672, 896)))
+    if not channels or any(not isinstance(c, int) or c < 1 or c % channels[0] for c in channels):
+        raise _refuse(where, "block_out_channels", channels, "positive multiples of the first entry")
+    down = list(
+        cfg.get("down_block_types", ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"))
+    )
+    up = list(cfg.get("up_block_types", ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")))
+    for field, types, allowed in (
+        ("down_block_types", down, "DownBlock2D"),
+        ("up_block_types", up, "UpBlock2D"),
+    ):
+        if len(types) != len(channels) or any(t not in (allowed, f"Attn{allowed}") for t in types):
+            raise _refuse(where, field, types, f"{len(channels)} of {allowed}/Attn{allowed}")
+    attn_levels = [i for i, t in enumerate(down) if t.startswith("Attn")]
+    if attn_levels != [len(up) - 1 - k for k, t in reversed(list(enumerate(up))) if t.startswith("Attn")]:
+        raise _refuse(where, "up_block_types", up, "attention at the same levels as down_block_types")
+    _check_heads(cfg, [channels[i] for i in attn_levels] + [channels[-1]], where)
+    return channels, attn_levels
 
 
 def _check_heads(cfg: dict, attn_channels: list[int], where: Path) -> None:
