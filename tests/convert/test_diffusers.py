@@ -30,6 +30,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 import ddim
 from ddim.checkpoint import CheckpointError
+from ddim.convert.diffusers import config_from_diffusers
+from ddim.convert.official import KNOWN
 from ddim.models.unet import UNetConfig
 from helpers import PREDICTION_TYPE, run_cli, run_diffusers
 
@@ -44,6 +46,14 @@ DDPM_CIFAR10_32 = {
     "time_embedding_type": "positional",
     "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
 }  # fmt: skip
+# google/ddpm-church-256 (and ddpm-celebahq-256): config.json as quoted by fine-tuned copies on the Hub
+DDPM_CHURCH_256 = {**DDPM_CIFAR10_32, "sample_size": 256,
+                   "block_out_channels": [128, 128, 256, 256, 512, 512],
+                   "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+                   "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4}  # fmt: skip
+# google/ncsnpp-church-256: a score-SDE model stored as a UNet2DModel (the fields that differ)
+NCSNPP_CHURCH_256 = {**DDPM_CHURCH_256, "time_embedding_type": "fourier", "flip_sin_to_cos": True,
+                     "freq_shift": 0, "center_input_sample": True, "downsample_padding": 1}  # fmt: skip
 # the same block types at a size that runs in milliseconds: attention at 8×8 of 16×16
 SMALL = {**DDPM_CIFAR10_32, "block_out_channels": [16, 32, 32, 32], "layers_per_block": 1,
          "norm_num_groups": 8, "sample_size": 16}  # fmt: skip
@@ -136,16 +146,22 @@ def test_without_a_scheduler_config_the_ddpm_defaults_are_assumed_and_said(tmp_p
 
 
 @pytest.mark.parametrize(
-    "scheduler_config",
+    ("scheduler_class", "scheduler_config"),
     [
-        {"beta_schedule": "linear", "beta_start": 2e-4, "beta_end": 0.03, "num_train_timesteps": 400},
-        {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
-        {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 300},
-        {"trained_betas": torch.linspace(1e-3, 0.05, 200).tolist(), "num_train_timesteps": 200},
+        (
+            DDPMScheduler,
+            {"beta_schedule": "linear", "beta_start": 2e-4, "beta_end": 0.03, "num_train_timesteps": 400},
+        ),
+        (DDIMScheduler, {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}),
+        (DDIMScheduler, {"beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 300}),
+        (
+            DDPMScheduler,
+            {"trained_betas": torch.linspace(1e-3, 0.05, 200).tolist(), "num_train_timesteps": 200},
+        ),
     ],
 )
-def test_schedules_equal_diffusers_betas(tmp_path, scheduler_config):
-    scheduler = DDPMScheduler(**scheduler_config)
+def test_schedules_equal_diffusers_betas(tmp_path, scheduler_class, scheduler_config):
+    scheduler = scheduler_class(**scheduler_config)
     unet2d(SMALL).save_pretrained(tmp_path / "unet")
     scheduler.save_pretrained(tmp_path / "scheduler")
     ours = ddim.load(tmp_path / "unet").schedule
@@ -162,6 +178,13 @@ def test_pre_release_scheduler_config_of_ddpm_cifar10_32(tmp_path):
     model = ddim.load(tmp_path)
     assert model.schedule.num_timesteps == 1000
     assert model.info["schedule"] == f"from {tmp_path / 'scheduler_config.json'}"
+
+
+def test_published_256_configs(tmp_path):
+    # the diffusers church/celebahq models are the official LSUN-256 architecture; NCSN++ is refused
+    assert config_from_diffusers(DDPM_CHURCH_256, tmp_path) == KNOWN["lsun256"]
+    with pytest.raises(CheckpointError, match="unsupported time_embedding_type='fourier'"):
+        config_from_diffusers(NCSNPP_CHURCH_256, tmp_path)
 
 
 # --- the same DDIM trajectories -------------------------------------------------------------
@@ -224,8 +247,8 @@ def test_ddim_trajectory_equals_diffusers_on_the_full_cifar10_unet(tmp_path):
         ({"down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D", "DownBlock2D"]},
          "unsupported down_block_types"),
         ({"up_block_types": ["UpBlock2D", "AttnUpBlock2D", "UpBlock2D", "UpBlock2D"]},
-         "unsupported up_block_types=['UpBlock2D', 'AttnUpBlock2D', 'UpBlock2D', 'UpBlock2D']: the DDPM "
-         "U-Net needs attention at the same levels as down_block_types"),
+         "unsupported up_block_types=['UpBlock2D', 'AttnUpBlock2D', 'UpBlock2D', 'UpBlock2D']; "
+         "allowed: attention at the same levels as down_block_types"),
         ({"sample_size": [16, 32]}, "unsupported sample_size"),
         ({"cross_attention_dim": 768}, "unknown UNet2DModel field(s) ['cross_attention_dim']"),
         ({"_class_name": "UNet2DConditionModel"}, "unsupported _class_name='UNet2DConditionModel'"),

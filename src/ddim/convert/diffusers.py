@@ -69,9 +69,10 @@ def load_folder(path: str | os.PathLike) -> Model:
     state = _read_weights(unet_dir)
     expected = {k: shape[:2] if _is_attn_linear(k) else shape for k, (_, shape) in theirs.items()}
     check_weights(state, expected, unet_dir)
-    net.load_state_dict(
-        {theirs[k][0]: v.reshape(theirs[k][1]) for k, v in state.items()}
-    )  # (C, C) → (C, C, 1, 1)
+    ours = {
+        theirs[k][0]: v.reshape(theirs[k][1]) for k, v in state.items()
+    }  # attention (C, C) → (C, C, 1, 1)
+    net.load_state_dict(ours)
 
     if scheduler_file is None:
         schedule, prediction = NoiseSchedule.linear(1000, 1e-4, 0.02), "eps"
@@ -119,7 +120,7 @@ def _read_json(path: Path) -> dict:
 
 
 def _refuse(where: Path, field: str, value: object, allowed: str) -> CheckpointError:
-    return CheckpointError(f"{where}: unsupported {field}={value!r}: the DDPM U-Net needs {allowed}")
+    return CheckpointError(f"{where}: unsupported {field}={value!r}; allowed: {allowed}")
 
 
 def config_from_diffusers(cfg: dict, where: Path) -> UNetConfig:
