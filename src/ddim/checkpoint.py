@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import re
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -180,13 +179,18 @@ def read_torch_file(path: str | os.PathLike) -> object:
     """
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # torch's message spans lines; keep its reason's first sentence
-        why = re.search(r"WeightsUnpickler error: (.*?)(?:\.\s|$)", str(e), re.MULTILINE)
-        raise CheckpointError(
-            f"{path}: refused: the pickle holds more than tensors and plain containers, and loading it "
-            f"could run code ({why[1] if why else _first_line(e)})"
-        ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as e:
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from None
+    # Not a blanket default: a damaged file makes torch's unpickler fail with almost any
+    # exception type (KeyError, IndexError, struct.error, ...); each becomes one line here.
+    except Exception as e:
+        _, marker, rest = str(e).partition("WeightsUnpickler error:")
+        if isinstance(e, pickle.UnpicklingError) and marker:  # torch's own refusal, many lines long
+            why = rest.strip().splitlines()[0].split(". ")[0] if rest.strip() else "no reason given"
+            raise CheckpointError(
+                f"{path}: refused by torch.load(weights_only=True): the pickle holds more than tensors "
+                f"and plain containers, and loading it could run code ({why})"
+            ) from None
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {_first_line(e)}"
         ) from None
@@ -197,5 +201,6 @@ def _few(keys: list[str], n: int = 3) -> str:
 
 
 def _first_line(e: BaseException) -> str:
+    """'Type: first line of the message', for one-line errors."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

@@ -320,6 +320,23 @@ def test_a_folder_without_weights_or_config(tmp_path):
         ddim.load(tmp_path / "pipe")
 
 
+def test_unreadable_files_in_a_folder(tmp_path):
+    write_config(tmp_path, SMALL)
+    (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="is not a readable safetensors file"):
+        ddim.load(tmp_path)
+    (tmp_path / "diffusion_pytorch_model.safetensors").unlink()
+    torch.save([torch.zeros(1)], tmp_path / "diffusion_pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="does not hold a state_dict"):
+        ddim.load(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"config\.json is not readable JSON"):
+        ddim.load(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match=r"config\.json is not a JSON object"):
+        ddim.load(tmp_path)
+
+
 # --- the command line -------------------------------------------------------------------------
 
 

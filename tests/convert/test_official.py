@@ -197,6 +197,7 @@ def test_weights_that_do_not_fit_are_refused_in_one_line(tmp_path, capsys, edit,
     [
         (b"PK\x03\x04 not really a zip", "not a readable PyTorch checkpoint"),
         (b"", "not a readable PyTorch checkpoint"),
+        (b"hello world", "not a readable PyTorch checkpoint"),  # the unpickler raises a KeyError
     ],
 )
 def test_corrupt_files_are_refused(tmp_path, content, message):
