@@ -116,6 +116,14 @@ def test_an_unknown_architecture_needs_its_resolution(tmp_path, capsys):
     assert_same_weights(native.net, net)
 
 
+def test_format_is_sniffed_without_a_suffix_and_a_bad_resolution_is_named(tmp_path):
+    net = random_unet(TINY)
+    torch.save(net.state_dict(), tmp_path / "weights")  # no suffix: the zip header says torch
+    assert_same_weights(import_model(tmp_path / "weights", resolution=8).net, net)
+    with pytest.raises(CheckpointError, match=r"resolution 7 must be divisible by 2\^\(levels - 1\) = 2"):
+        import_model(tmp_path / "weights", resolution=7)
+
+
 # --- refusals ---------------------------------------------------------------------------------
 
 
@@ -166,6 +174,11 @@ def _edit(state: dict, edit: str) -> None:
         state["conv_out.bias"] = torch.zeros(5)
     elif edit == "no conv_in":
         del state["conv_in.weight"]
+    elif edit == "no blocks":
+        for k in [k for k in state if k.startswith("down.")]:
+            del state[k]
+    elif edit == "level channels":
+        state["down.1.block.0.conv1.weight"] = torch.zeros(40, 32, 3, 3)
 
 
 @pytest.mark.parametrize(
@@ -175,6 +188,8 @@ def _edit(state: dict, edit: str) -> None:
         ("extra", r"missing \[\], unexpected \['up.1.block.0.conv_shortcut.weight'\]"),
         ("shape", r"conv_out.bias has shape \(5,\), the architecture needs \(3,\)"),
         ("no conv_in", "cannot infer the architecture: missing conv_in.weight"),
+        ("no blocks", r"cannot infer the architecture: no down.<level>.block.<j> weights"),
+        ("level channels", "level 1 has 40 channels, not a multiple of ch = 32"),
     ],
 )
 def test_weights_that_do_not_fit_are_refused_in_one_line(tmp_path, capsys, edit, message):
