@@ -356,6 +356,10 @@ def test_convert_and_info_through_the_command_line(tmp_path, capsys):
     assert forward_err(net, native) <= FORWARD_RTOL
     code, out, _ = run_cli(capsys, "info", target)
     assert "native ddim checkpoint" in out
+    code, _, _ = run_cli(capsys, "sample", "--model", tmp_path / "unet", "--n", 2, "--steps", 3,
+                         "--out", tmp_path / "s.png", "--quiet")  # fmt: skip
+    assert code == 0
+    assert (tmp_path / "s.png").is_file()
     for argv, message in [
         (
             ["--resolution", "16", "--out", tmp_path / "b.safetensors"],
