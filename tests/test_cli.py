@@ -10,17 +10,7 @@ import torch
 from PIL import Image
 
 import ddim
-from ddim.cli import main
-
-
-def run(capsys, *argv):
-    """(exit code, stdout, stderr) of `ddim ARGV`, whether it returns or exits."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from helpers import run_cli as run
 
 
 def test_help_lists_commands_and_examples(capsys):
