@@ -122,12 +122,13 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
         x, trajectory = result if isinstance(result, tuple) else (result, None)
     written = save_samples(x, out_dir=args.out_dir, first_index=shard.start) if args.out_dir else []
-    everything = distributed.gather_to_main(x)  # (n, C, H, W) on rank 0, None elsewhere
+    if out is not None or args.npz is not None:
+        x = distributed.gather_to_main(x)  # all n samples on rank 0, None elsewhere
     distributed.barrier()
     seconds = time.perf_counter() - start
     if not main:
         return 0
-    written += save_samples(everything, grid=out, npz=args.npz, nrow=args.nrow)
+    written += save_samples(x, grid=out, npz=args.npz, nrow=args.nrow)
     if trajectory is not None:
         written.append(save_trajectory_gif(trajectory, args.trajectory, nrow=args.nrow))
     print(f"{args.n} samples, {len(seq)} steps, {seconds:.1f} s ({seconds / len(seq):.3f} s/step)")
