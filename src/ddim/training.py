@@ -174,27 +174,15 @@ def train(
 
 def _loop(s: _Session, start: int, wall: float, progress: bool) -> TrainResult:
     config, main = s.config, distributed.is_main()
-    device = next(s.net.parameters()).device
-    shard = distributed.shard(config.batch_size)
-    part = slice(shard.start, shard.stop)
     checkpoint = s.run.latest_checkpoint()
     meter = _Meter()
     bar = tqdm(total=config.steps, initial=start, disable=not progress, unit="step", desc="training")
     s.net.train()
-    done, stop = start, 0.0
+    done, stop = start, False
     with _sigint_flag() as interrupted, bar:
         for step in range(start, config.steps):
             tick = time.perf_counter()
-            x0 = to_model_range(
-                s.data[batch_indices(len(s.data), config.batch_size, config.seed, step)[part]]
-            )
-            loss, grad_norm = train_step(
-                s.forward, s.opt, x0.to(device), s.model.schedule, config, step, part
-            )
-            # the global batch's mean loss, and whether any process was asked to stop
-            loss, stop = distributed.all_reduce_sum(
-                [loss * len(shard) / config.batch_size, interrupted.is_set()], device
-            )
+            loss, grad_norm, stop = _global_step(s, step, interrupted.is_set())
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 last = (
                     f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written"
@@ -221,7 +209,21 @@ def _loop(s: _Session, start: int, wall: float, progress: bool) -> TrainResult:
     if main:
         s.run.finish(checkpoint, complete=done == config.steps)
     distributed.barrier()
-    return TrainResult(done, checkpoint, stop > 0)
+    return TrainResult(done, checkpoint, stop)
+
+
+def _global_step(s: _Session, step: int, stop_requested: bool) -> tuple[float, float, bool]:
+    """Step `step` on this process's share of the global batch: (the global batch's mean loss,
+    the gradient norm, whether any process was asked to stop)."""
+    shard = distributed.shard(s.config.batch_size)
+    part = slice(shard.start, shard.stop)
+    idx = batch_indices(len(s.data), s.config.batch_size, s.config.seed, step)[part]
+    x0 = to_model_range(s.data[idx]).to(next(s.net.parameters()).device)
+    loss, grad_norm = train_step(s.forward, s.opt, x0, s.model.schedule, s.config, step, part)
+    loss, stop = distributed.all_reduce_sum(
+        [loss * len(shard) / s.config.batch_size, stop_requested], x0.device
+    )
+    return loss, grad_norm, stop > 0
 
 
 class _Meter:
