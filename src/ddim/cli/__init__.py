@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 from ddim import __version__
 from ddim.checkpoint import CheckpointError
-from ddim.cli import info, sample
+from ddim.cli import evaluate, info, sample
 from ddim.cli._args import Parser
 
-SUBCOMMANDS = (sample, info)
+SUBCOMMANDS = (sample, evaluate, info)
 
 
 def build_parser() -> argparse.ArgumentParser:
