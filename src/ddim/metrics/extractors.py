@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata, resources
@@ -51,13 +52,13 @@ class Extractor:
     fingerprint: str
     net: nn.Module
     features: Callable[[Tensor], Tensor]  # quantized pixel values u ∈ [0, 255] (N, C, H, W) → (N, dim)
+    device: torch.device
 
     def __call__(self, x: Tensor) -> Tensor:
         if x.ndim != 4:
             raise ValueError(f"images must be (N, C, H, W), got shape {tuple(x.shape)}")
-        device = next(self.net.parameters()).device
         with torch.no_grad():
-            return self.features(quantize(x.to(device))).float().cpu()
+            return self.features(quantize(x.to(self.device))).float().cpu()
 
 
 def quantize(x: Tensor) -> Tensor:
@@ -105,7 +106,9 @@ def _inception(weights: str | os.PathLike | None, device: torch.device) -> Extra
     digest = sha1_of(path)
     if digest != INCEPTION_SHA1:
         raise ValueError(f"{path} has sha1 {digest}, not the FID Inception's {INCEPTION_SHA1}; refusing it")
-    net = torch.jit.load(str(path), map_location=device).eval()
+    with warnings.catch_warnings():  # torch 2.10+ deprecates TorchScript; the file exists in no other form
+        warnings.filterwarnings("ignore", "`torch.jit.load` is deprecated", DeprecationWarning)
+        net = torch.jit.load(str(path), map_location=device).eval()
 
     def features(u: Tensor) -> Tensor:
         u = u.expand(-1, 3, -1, -1) if u.shape[1] == 1 else u  # grayscale → RGB
@@ -115,7 +118,7 @@ def _inception(weights: str | os.PathLike | None, device: torch.device) -> Extra
             u = tf_bilinear_resize(u, INCEPTION_SIZE)
         return net((u - 128.0) / 128.0)  # (N, 2048) pool3
 
-    return Extractor("inception", 2048, digest, net, features)
+    return Extractor("inception", 2048, digest, net, features, device)
 
 
 def _mnist(weights: str | os.PathLike | None, device: torch.device) -> Extractor:
@@ -134,7 +137,7 @@ def _mnist(weights: str | os.PathLike | None, device: torch.device) -> Extractor
             raise ValueError(f"the mnist extractor takes 1×28×28 images, got {shape}")
         return net.features(u / 127.5 - 1.0)
 
-    return Extractor("mnist", FEATURE_DIM, digest, net, features)
+    return Extractor("mnist", FEATURE_DIM, digest, net, features, device)
 
 
 EXTRACTORS: dict[str, Callable[[str | os.PathLike | None, torch.device], Extractor]] = {
