@@ -131,12 +131,13 @@ def evaluate_cell(
     *,
     device: str | torch.device | None = None,
     grid: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> Cell:
     """Sample n images at (S, η) with seed `config.seed`, and their FID and KID against `ref`."""
     start = time.perf_counter()
     x = sample(
         model, config.n, steps=steps, spacing=config.spacing, seed=config.seed,
-        batch_size=config.batch_size, device=device, **sampler_options(eta),
+        batch_size=config.batch_size, device=device, progress=progress, **sampler_options(eta),
     )  # fmt: skip  # (n, C, H, W) in [-1, 1]
     sampled = time.perf_counter()
     stats = feature_stats(extractor, x, batch_size=config.batch_size)
@@ -189,8 +190,8 @@ def run_sweep(
     """Measure every cell of `config` not yet in `out_dir/results.json` (resuming a sweep), saving
     after each; returns the requested cells in order. A cell is reused only if its seed and n match.
 
-    The progress bar counts network evaluations (n · S per cell), so its ETA weighs S = 1000
-    cells 100× more than S = 10 ones.
+    The sweep's progress bar counts network evaluations (n · S per cell), so its ETA weighs
+    S = 1000 cells 100× more than S = 10 ones; a second bar shows the current cell's sampling.
     """
     out_dir = Path(out_dir)
     path = out_dir / "results.json"
@@ -203,7 +204,9 @@ def run_sweep(
         for s, eta in todo:
             bar.set_postfix_str(f"S={s} η={eta_label(eta)}")
             grid = out_dir / "samples" / f"S{s}-eta{eta_label(eta)}.png"
-            cell = evaluate_cell(model, extractor, ref, s, eta, config, device=device, grid=grid)
+            cell = evaluate_cell(
+                model, extractor, ref, s, eta, config, device=device, grid=grid, progress=progress
+            )
             done[cell.key] = cell
             save_results(path, identity, done)
             bar.update(config.n * s)

@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from ddim import evaluate as sweep
 from ddim.checkpoint import load
 from ddim.cli._args import DEFAULT_MODEL, device_arg, int_at_least, int_list
@@ -145,4 +147,4 @@ def _reference_stats(
 def _report(cell: sweep.Cell) -> None:
     seconds = cell.sample_seconds + cell.feature_seconds
     label = f"S={cell.steps} η={sweep.eta_label(cell.eta)}"
-    print(f"{label}: FID {cell.fid:.2f}, KID {cell.kid:.4g} ({seconds:.0f} s)", flush=True)
+    tqdm.write(f"{label}: FID {cell.fid:.2f}, KID {cell.kid:.4g} ({seconds:.0f} s)")  # above the bars
