@@ -11,7 +11,7 @@ import ddim
 from ddim import evaluate as sweep
 from ddim.cli import main
 from ddim.data import load_images
-from ddim.metrics import extractors, feature_stats, load_extractor
+from ddim.metrics import extractors, feature_stats, frechet_distance, load_extractor
 
 
 def run(capsys, *argv):
@@ -66,6 +66,19 @@ def test_sweep_writes_table_files_and_plot(capsys, setup):
     assert (out / "fid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "samples" / "S4-etahat.png").is_file()
     assert f"{cells[0]['fid']:.2f}" in row2
+
+
+def test_a_cell_equals_the_library_computation(capsys, setup, tiny_checkpoint, make_extractor):
+    """FID of the σ̂ cell = FID of `ddim.sample(sampler="ddpm-large", seed=5)` against the reference."""
+    tmp_path, common = setup
+    code, _, err = run(capsys, "evaluate", *common, "--steps", "3", "--eta", "hat", "--out", tmp_path / "ev")
+    assert code == 0, err
+    (cell,) = read_cells(tmp_path / "ev")
+    extractor = make_extractor("tiny")
+    x = ddim.sample(ddim.load(tiny_checkpoint), 24, steps=3, sampler="ddpm-large", seed=5)
+    ref = feature_stats(extractor, load_images(tmp_path / "ref.npz"))
+    fake = feature_stats(extractor, x)
+    assert cell["fid"] == pytest.approx(frechet_distance(fake.mu, fake.cov, ref.mu, ref.cov), rel=1e-6)
 
 
 def test_interrupted_sweep_resumes_and_single_cells_rerun_alone(capsys, setup, monkeypatch):
