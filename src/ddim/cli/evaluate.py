@@ -50,8 +50,18 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--ref", type=Path, required=True, help="reference images: .npz, image folder or file")
     p.add_argument("--ref-key", default="x_train", help="array name in an .npz reference (default: x_train)")
-    p.add_argument("--ref-limit", type=int_at_least(2), default=None, help="use the first N reference images")
-    p.add_argument("--fit", choices=("pad", "resize"), default="pad", help="fit references to the model size")
+    p.add_argument(
+        "--ref-limit",
+        type=int_at_least(2),
+        default=None,
+        help="use the first N reference images (in file order)",
+    )
+    p.add_argument(
+        "--fit",
+        choices=("pad", "resize"),
+        default="pad",
+        help="fit references to the model size (default: pad)",
+    )
     p.add_argument(
         "--features", default="inception", help="feature extractor: inception, mnist (default: inception)"
     )
@@ -74,7 +84,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--n", type=int_at_least(2), default=10_000, help="samples per cell (default: 10000)")
     p.add_argument(
-        "--seed", type=int_at_least(0), default=0, help="sample i of every cell uses seed (SEED, i)"
+        "--seed",
+        type=int_at_least(0),
+        default=0,
+        help="sample i of every cell uses seed (SEED, i) (default: 0)",
     )
     p.add_argument(
         "--spacing", choices=SPACINGS, default="uniform", help="timestep sub-sequence (default: uniform)"
@@ -87,7 +100,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
     )
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder (default: evaluation)")
-    p.add_argument("--cache-dir", type=Path, default=_default_cache(), help="reference statistics cache")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=_default_cache(),
+        help="reference statistics cache (default: ~/.cache/ddim/stats)",
+    )
     p.add_argument("--overwrite", action="store_true", help="discard results.json of another model/reference")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--dry-run", action="store_true", help="print the cells and their cost, then exit")
