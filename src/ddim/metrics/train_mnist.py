@@ -1,10 +1,10 @@
 """Retrain the `mnist` feature classifier and write its weights (a few minutes on one CPU thread).
 
-    python -m ddim.metrics.train_mnist --data mnist.npz \
-        --out src/ddim/metrics/weights/mnist-classifier.safetensors
+    OMP_NUM_THREADS=1 python -m ddim.metrics.train_mnist --data mnist.npz --out mnist-classifier.safetensors
 
-Adam with a one-cycle learning rate, light random shifts (±2 px) as augmentation; the test
-accuracy is printed and stored in the file's metadata.
+(the shipped file is src/ddim/metrics/weights/mnist-classifier.safetensors: 99.46 % test accuracy,
+113 s). Adam with a one-cycle learning rate, light random shifts (±2 px) as augmentation; the
+test accuracy is printed and stored in the file's metadata.
 """
 
 from __future__ import annotations
