@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import ddim
+from ddim.metrics import Extractor
 from ddim.models import Model
 from ddim.models.unet import UNet, UNetConfig
 
@@ -35,3 +36,21 @@ def tiny_model() -> Model:
 @pytest.fixture
 def tiny_checkpoint(tmp_path, tiny_model):
     return ddim.save(tiny_model, tmp_path / "tiny.safetensors")
+
+
+def tiny_features(name: str = "tiny") -> Extractor:
+    """A cheap stand-in for a feature network: 4×4 average-pooled pixels of channel 0 (16-d)."""
+    net = torch.nn.AdaptiveAvgPool2d(4)
+    return Extractor(
+        name, 16, f"{name}-v1", net, lambda u: net(u[:, :1] / 255.0).flatten(1), torch.device("cpu")
+    )
+
+
+@pytest.fixture
+def tiny_extractor() -> Extractor:
+    return tiny_features()
+
+
+@pytest.fixture
+def make_extractor():
+    return tiny_features

@@ -5,6 +5,7 @@ model = ddim.load("toy")
 x = ddim.sample(model, n=16, steps=50, eta=0.0, seed=0)   # (16, C, H, W) in [-1, 1]
 """
 
+from ddim import metrics
 from ddim.checkpoint import CheckpointError, builtin_names, load, save
 from ddim.models import Model
 from ddim.sampling import Trajectory, sample
@@ -19,6 +20,7 @@ __all__ = [
     "builtin_names",
     "custom_timesteps",
     "load",
+    "metrics",
     "sample",
     "save",
     "timesteps",
