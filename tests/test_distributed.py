@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,3 +89,48 @@ def test_two_process_training_equals_one_and_resumes_in_one(tmp_path):
     diff = sum((a[k] - b[k]).double().pow(2).sum() for k in a).sqrt()
     norm = sum(a[k].double().pow(2).sum() for k in a).sqrt()
     assert diff / norm < 1e-5, (diff / norm).item()  # measured 2.8e-6: float32 summation order
+
+
+EVALUATION = """
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, {tests!r})
+from conftest import tiny_features, tiny_unet_model
+
+from ddim import distributed
+from ddim.evaluate import SweepConfig, evaluate_cell
+from ddim.metrics import feature_stats
+
+distributed.init(torch.device("cpu"))
+images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (37, 1, 8, 8), dtype=np.uint8))
+extractor = tiny_features()
+ref = feature_stats(extractor, images, batch_size=5)  # 37 images: not divisible by 2 processes
+config = SweepConfig(steps=(4,), etas=(0.5,), n=13, seed=3, batch_size=1, kid_subset_size=8)
+cell = evaluate_cell(tiny_unet_model(), extractor, ref, 4, 0.5, config)
+if distributed.is_main():
+    np.savez(sys.argv[1], mu=ref.mu, cov=ref.cov, features=ref.features, fid=cell.fid, kid=cell.kid)
+distributed.shutdown()
+"""
+
+
+def test_evaluation_statistics_from_two_processes_equal_one(tmp_path):
+    script = tmp_path / "evaluation.py"
+    script.write_text(EVALUATION.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    for cmd in ([sys.executable], launcher):
+        out = tmp_path / f"{len(cmd)}.npz"
+        result = subprocess.run(
+            [*cmd, str(script), str(out)], capture_output=True, text=True, timeout=300, env=env
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    one, two = np.load(tmp_path / "1.npz"), np.load(tmp_path / f"{len(launcher)}.npz")
+    assert np.array_equal(two["features"], one["features"])  # each image's features, in order
+    np.testing.assert_array_equal(two["mu"], one["mu"])  # merged in the same batches: equal bits
+    np.testing.assert_array_equal(two["cov"], one["cov"])
+    assert two["fid"] == one["fid"]  # the 13 samples, sharded 6 + 7, are the same images
+    assert two["kid"] == one["kid"]

@@ -67,6 +67,15 @@ def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]
     return t.tolist()
 
 
+def all_gather_cat(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's (n_r, …) CPU tensor, concatenated in rank order, on every rank."""
+    if not dist.is_initialized():
+        return x
+    parts: list[torch.Tensor | None] = [None] * world_size()
+    dist.all_gather_object(parts, x)  # pickles, between this run's own processes only
+    return torch.cat(parts)
+
+
 def gather_to_main(x: torch.Tensor) -> torch.Tensor | None:
     """Concatenate every rank's (n_r, …) CPU tensor in rank order on rank 0 (None elsewhere)."""
     if not dist.is_initialized():

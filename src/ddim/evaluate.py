@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from ddim import distributed
 from ddim.io import atomic_write, make_grid, save_png, to_uint8
 from ddim.metrics import Extractor, FeatureStats, feature_stats, frechet_distance, kid
 from ddim.models import Model
@@ -136,15 +137,16 @@ def evaluate_cell(
 ) -> Cell:
     """Sample n images at (S, η) with seed `config.seed`, and their FID and KID against `ref`."""
     start = time.perf_counter()
+    shard = distributed.shard(config.n)  # under torchrun, this rank's samples; else all of them
     x = sample(
-        model, config.n, steps=steps, spacing=config.spacing, seed=config.seed,
+        model, len(shard), steps=steps, spacing=config.spacing, seed=config.seed, start_index=shard.start,
         batch_size=config.batch_size, device=device, progress=progress, **sampler_options(eta),
-    )  # fmt: skip  # (n, C, H, W) in [-1, 1]
+    )  # fmt: skip  # (n / ranks, C, H, W) in [-1, 1]
     sampled = time.perf_counter()
-    stats = feature_stats(extractor, x, batch_size=config.batch_size)
+    stats = feature_stats(extractor, x, batch_size=config.batch_size, sharded=True)
     fid = frechet_distance(stats.mu, stats.cov, ref.mu, ref.cov)
     kid_mean, kid_std = kid(stats.features, ref.features, subset_size=config.kid_subset_size)
-    if grid is not None:
+    if grid is not None and distributed.is_main():
         save_png(make_grid(to_uint8(x[:64])), grid)
     return Cell(
         steps, eta, config.seed, config.n, fid, kid_mean, kid_std,
@@ -209,7 +211,8 @@ def run_sweep(
                 model, extractor, ref, s, eta, config, device=device, grid=grid, progress=progress
             )
             done[cell.key] = cell
-            save_results(path, identity, done)
+            if distributed.is_main():
+                save_results(path, identity, done)
             bar.update(config.n * s)
             if on_cell is not None:
                 on_cell(cell)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ddim import distributed
 from ddim import evaluate as sweep
 from ddim.checkpoint import load
 from ddim.cli._args import DEFAULT_MODEL, device_arg, int_at_least, int_list
@@ -123,20 +124,26 @@ def run(args: argparse.Namespace) -> int:
         nfe = sum(config.n * s for s, _ in config.cells())
         print(json.dumps({"cells": [sweep.cell_key(*c) for c in config.cells()], "network_evaluations": nfe}))
         return 0
-    model = load(args.model, device=args.device)
-    extractor = load_extractor(args.features, weights=args.features_weights, device=args.device)
+    device = distributed.init(args.device)  # under torchrun: join the group, one GPU per rank
+    main = distributed.is_main()
+    model = load(args.model, device=device)
+    extractor = load_extractor(args.features, weights=args.features_weights, device=device)
     ref, ref_key = _reference_stats(args, model.image_shape, extractor)
     identity = {
         "model": sweep.model_fingerprint(model), "reference": ref_key, "extractor": extractor.fingerprint,
         "spacing": config.spacing, "kid_subset_size": config.kid_subset_size,
     }  # fmt: skip
-    if args.overwrite:
+    if args.overwrite and main:
         (args.out / "results.json").unlink(missing_ok=True)
-    print(f"model {args.model}, reference {args.ref} ({ref.n} images), {extractor.name} features")
+    distributed.barrier()
+    report = print if main else lambda *_: None
+    report(f"model {args.model}, reference {args.ref} ({ref.n} images), {extractor.name} features")
     cells = sweep.run_sweep(
         model, extractor, ref, config, args.out, identity,
-        device=args.device, progress=not args.quiet, on_cell=_report,
+        device=device, progress=main and not args.quiet, on_cell=_report if main else None,
     )  # fmt: skip
+    if not main:
+        return 0
     print(sweep.format_table(cells, "fid"))
     print(sweep.format_table(cells, "kid"))
     sweep.write_csv(cells, args.out / "results.csv")
@@ -160,7 +167,7 @@ def _reference_stats(
         args.cache_dir,
         label=args.ref.stem,
         batch_size=args.batch_size,
-        progress=not args.quiet,
+        progress=distributed.is_main() and not args.quiet,
     )
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ddim import distributed
 from ddim.data import to_model_range
 from ddim.io import save_npz
 from ddim.metrics.extractors import Extractor
@@ -52,22 +53,40 @@ def _merge(
 
 
 def feature_stats(
-    extractor: Extractor, images: Tensor, *, batch_size: int = 250, progress: bool = False
+    extractor: Extractor,
+    images: Tensor,
+    *,
+    batch_size: int = 250,
+    progress: bool = False,
+    sharded: bool = False,
 ) -> FeatureStats:
-    """Statistics of `extractor`'s features of images (N, C, H, W): uint8, or float in [-1, 1]."""
-    if images.ndim != 4 or len(images) < 2:
+    """Statistics of `extractor`'s features of images (N, C, H, W): uint8, or float in [-1, 1].
+
+    Under torchrun the ranks share the work: each extracts the features of its contiguous part
+    of `images` (or, with sharded=True, `images` already is this rank's part, in rank order),
+    and every rank gets the statistics of all of them, equal to a one-process computation.
+    """
+    if images.ndim != 4 or (len(images) < 2 and not sharded):
         raise ValueError(f"need at least 2 images (N, C, H, W), got shape {tuple(images.shape)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    shard = distributed.shard(len(images))
+    part = images if sharded else images[shard.start : shard.stop]
+    chunks = [torch.empty(0, extractor.dim)]
+    bar = tqdm(range(0, len(part), batch_size), disable=not progress, desc=f"{extractor.name} features")
+    for i in bar:
+        batch = part[i : i + batch_size]
+        chunks.append(
+            extractor(to_model_range(batch) if batch.dtype == torch.uint8 else batch).cpu()
+        )  # (B, D)
+    features = distributed.all_gather_cat(torch.cat(chunks)).numpy()  # (N, D), every rank's, in order
+    if len(features) < 2:
+        raise ValueError(f"need at least 2 images, got {len(features)}")
     n, mu = 0, np.zeros(extractor.dim)
     scatter = np.zeros((extractor.dim, extractor.dim))
-    chunks = []
-    for i in tqdm(range(0, len(images), batch_size), disable=not progress, desc=f"{extractor.name} features"):
-        batch = images[i : i + batch_size]
-        feats = extractor(to_model_range(batch) if batch.dtype == torch.uint8 else batch)  # (B, D)
-        chunks.append(feats.numpy())
-        n, mu, scatter = _merge(n, mu, scatter, feats.numpy().astype(np.float64))
-    return FeatureStats(mu, scatter / (n - 1), np.concatenate(chunks))
+    for i in range(0, len(features), batch_size):
+        n, mu, scatter = _merge(n, mu, scatter, features[i : i + batch_size].astype(np.float64))
+    return FeatureStats(mu, scatter / (n - 1), features)
 
 
 def stats_key(images: Tensor, extractor: Extractor) -> str:
@@ -98,6 +117,6 @@ def cached_feature_stats(
             if str(f["key"]) == key:
                 return FeatureStats(f["mu"], f["cov"], f["features"]), key
     stats = feature_stats(extractor, images, batch_size=batch_size, progress=progress)
-    if path is not None:
+    if path is not None and distributed.is_main():
         save_npz(path, mu=stats.mu, cov=stats.cov, features=stats.features, key=np.array(key))
     return stats, key
