@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 from ddim import __version__, distributed
 from ddim.checkpoint import CheckpointError
-from ddim.cli import convert, info, sample, train
+from ddim.cli import convert, info, sample, serve, train
 from ddim.cli._args import Parser
 from ddim.training import TrainingError
 
-SUBCOMMANDS = (sample, train, info, convert)
+SUBCOMMANDS = (sample, train, info, convert, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
