@@ -116,10 +116,15 @@ def test_steps_are_capped_by_the_models_timesteps(tiny_model):
         assert c.post("/api/sample", json={"steps": 100, "n": 1}).status_code == 200
 
 
-def test_a_body_that_is_not_json_gets_422(client):
-    r = client.post("/api/sample", content=b"{n: 3", headers={"content-type": "application/json"})
+@pytest.mark.parametrize(
+    ("raw", "start"),
+    [(b"{n: 3", "body: JSON decode error"), (b"[1, 2]", "body: "), (b'{"eta": NaN}', "eta: "),
+     (b'{"n": true}', "n: "), (b'{"n": "3"}', "n: ")],
+)  # fmt: skip
+def test_bodies_that_are_not_the_schemas_json_get_422(client, raw, start):
+    r = client.post("/api/sample", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 422
-    assert r.json()["message"].startswith("body: ")
+    assert r.json()["message"].startswith(start)
 
 
 @pytest.mark.parametrize(

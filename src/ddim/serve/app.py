@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -53,21 +52,20 @@ _UPLOAD = {"required": True, "content": {"application/octet-stream": {"schema": 
 def create_app(model: Model, limits: Limits | None = None, name: str = "model") -> FastAPI:
     """The app serving `model`; `name` is shown on the page (only its last path component)."""
     limits = Limits() if limits is None else limits
-    jobs = JobQueue(limits.max_queue)
     max_steps = min(limits.max_steps, model.schedule.num_timesteps)
     requests = request_models(limits, model.schedule.num_timesteps)
     SampleRequest, InterpolationRequest = requests.sample, requests.interpolate
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:  # a queue per run: it can start again
+        app.state.jobs = JobQueue(limits.max_queue)
         yield
-        jobs.shutdown()
+        app.state.jobs.shutdown()
 
     app = FastAPI(
         title="ddim serve", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
         description="Sample, watch, interpolate and invert a DDIM model (Song, Meng & Ermon 2021).",
     )  # fmt: skip
-    app.state.jobs = jobs
     app.add_exception_handler(RequestValidationError, _unprocessable)
     _add_assets(app)
     info = _model_info(model, limits, name)
@@ -78,22 +76,22 @@ def create_app(model: Model, limits: Limits | None = None, name: str = "model") 
         return info
 
     @app.get("/api/status")
-    def status() -> dict[str, int]:
+    def status(request: Request) -> dict[str, int]:
         """Jobs pending now (running + waiting), and completed/cancelled/failed/rejected so far."""
-        return jobs.status()
+        return request.app.state.jobs.status()
 
     @app.post("/api/sample", response_class=Response, responses={200: _PNG, **_ERRORS})
     async def sample(body: SampleRequest, request: Request) -> Response:  # type: ignore[valid-type]
         """Draw `n` images; answer one PNG grid."""
         job = partial(run_sample, model, **body.model_dump())
-        result = await _run(jobs, job, request)
+        result = await _run(job, request)
         if not isinstance(result, Result):
             return result
         headers = {"X-Steps": str(result.steps), "X-Seconds": f"{result.seconds:.3f}"}
         return Response(result.pngs[0], media_type="image/png", headers=headers)
 
     @app.post("/api/sample/stream", response_class=StreamingResponse, responses={200: _SSE, **_ERRORS})
-    async def sample_stream(body: SampleRequest) -> Response:  # type: ignore[valid-type]
+    async def sample_stream(body: SampleRequest, request: Request) -> Response:  # type: ignore[valid-type]
         """Draw `n` images, streaming server-sent events: `queued` {ahead}; `step` {step, steps,
         t, seconds, x0, xt} every few steps (PNG data URLs); `done` {image, n, steps, seconds}."""
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
@@ -101,6 +99,7 @@ def create_app(model: Model, limits: Limits | None = None, name: str = "model") 
         def emit(event: str, data: dict) -> None:  # called on the job thread
             loop.call_soon_threadsafe(events.put_nowait, (event, data))
 
+        jobs: JobQueue = request.app.state.jobs
         ahead = jobs.status()["pending"]
         try:
             handle = jobs.submit(partial(run_sample, model, emit=emit, **body.model_dump()))
@@ -116,7 +115,7 @@ def create_app(model: Model, limits: Limits | None = None, name: str = "model") 
         """Frames along the slerp between the latents of two seeds, decoded with DDIM η = 0."""
         if missing := missing_api(*_NEEDS["interpolate"]):
             return _not_implemented("interpolation", missing)
-        result = await _run(jobs, partial(run_interpolation, model, **body.model_dump()), request)
+        result = await _run(partial(run_interpolation, model, **body.model_dump()), request)
         if not isinstance(result, Result):
             return result
         frames = [data_url(png) for png in result.pngs]
@@ -139,7 +138,7 @@ def create_app(model: Model, limits: Limits | None = None, name: str = "model") 
             x0 = await run_in_threadpool(decode_upload, data, model.image_shape, limits.max_upload_pixels)
         except BadImage as e:
             return _field_error("body", str(e))
-        result = await _run(jobs, partial(run_inversion, model, x0=x0, steps=steps, spacing=spacing), request)
+        result = await _run(partial(run_inversion, model, x0=x0, steps=steps, spacing=spacing), request)
         if not isinstance(result, Result):
             return result
         images = {"input": data_url(result.pngs[0]), "reconstruction": data_url(result.pngs[1])}
@@ -172,11 +171,11 @@ def _add_assets(app: FastAPI) -> None:
         app.add_api_route(route, asset, methods=["GET"], include_in_schema=False)
 
 
-async def _run(jobs: JobQueue, job: Callable, request: Request) -> Result | Response:
+async def _run(job: Callable, request: Request) -> Result | Response:
     """Queue `job` and wait for it; answer 429 if the queue is full. If the client goes away
     first, the job is cancelled."""
     try:
-        handle: Handle[Result] = jobs.submit(job)
+        handle: Handle[Result] = request.app.state.jobs.submit(job)
     except QueueFull as e:
         return _busy(e)
     result = asyncio.ensure_future(handle.result())
@@ -263,8 +262,9 @@ def _message(status: int, message: str, headers: dict | None = None, **extra: An
 async def _unprocessable(request: Request, exc: Exception) -> Response:
     """422 with FastAPI's `detail` list and a one-line `message` naming each bad field."""
     assert isinstance(exc, RequestValidationError)
-    errors = exc.errors()
-    return _message(422, "; ".join(map(_one_line, errors)), detail=jsonable_encoder(errors))
+    errors = exc.errors()  # their "input" may hold what JSON cannot (NaN): not echoed back
+    detail = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
+    return _message(422, "; ".join(map(_one_line, errors)), detail=detail)
 
 
 def _one_line(error: dict) -> str:
