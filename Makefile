@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: sample test test-all lint format clean
+.PHONY: sample test test-all lint format clean browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,13 +14,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Debian's chromium for the browser tests of `ddim serve` (Playwright drives it; no browser
+# download). Installed once where apt-get works; elsewhere those tests skip and say why.
+CHROMIUM := /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { command -v apt-get >/dev/null && apt-get update -qq \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+		|| echo "note: could not install chromium; the browser tests will be skipped"
+
 sample: $(STAMP)
 	$(BIN)/ddim sample --n 16 --steps 50 --eta 0 --seed 0 --out samples.png
 
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q
 
-test-all: $(STAMP) lint
+test-all: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q -m ''
 
 lint: $(STAMP)
