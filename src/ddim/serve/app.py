@@ -20,6 +20,8 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from ddim import __version__
@@ -52,9 +54,6 @@ _UPLOAD = {"required": True, "content": {"application/octet-stream": {"schema": 
 def create_app(model: Model, limits: Limits | None = None, name: str = "model") -> FastAPI:
     """The app serving `model`; `name` is shown on the page (only its last path component)."""
     limits = Limits() if limits is None else limits
-    max_steps = min(limits.max_steps, model.schedule.num_timesteps)
-    requests = request_models(limits, model.schedule.num_timesteps)
-    SampleRequest, InterpolationRequest = requests.sample, requests.interpolate
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:  # a queue per run: it can start again
@@ -67,9 +66,15 @@ def create_app(model: Model, limits: Limits | None = None, name: str = "model") 
         description="Sample, watch, interpolate and invert a DDIM model (Song, Meng & Ermon 2021).",
     )  # fmt: skip
     app.add_exception_handler(RequestValidationError, _unprocessable)
+    requests = request_models(limits, model.schedule.num_timesteps)
     _add_assets(app)
-    info = _model_info(model, limits, name)
+    _add_info_routes(app, _model_info(model, limits, name))
+    _add_sampling_routes(app, model, requests.sample)
+    _add_latent_routes(app, model, limits, requests.interpolate)
+    return app
 
+
+def _add_info_routes(app: FastAPI, info: dict[str, Any]) -> None:
     @app.get("/api/model")
     def model_info() -> dict[str, Any]:
         """The model, the choices and the limits the page offers."""
@@ -80,11 +85,12 @@ def create_app(model: Model, limits: Limits | None = None, name: str = "model") 
         """Jobs pending now (running + waiting), and completed/cancelled/failed/rejected so far."""
         return request.app.state.jobs.status()
 
+
+def _add_sampling_routes(app: FastAPI, model: Model, SampleRequest: type[BaseModel]) -> None:
     @app.post("/api/sample", response_class=Response, responses={200: _PNG, **_ERRORS})
     async def sample(body: SampleRequest, request: Request) -> Response:  # type: ignore[valid-type]
         """Draw `n` images; answer one PNG grid."""
-        job = partial(run_sample, model, **body.model_dump())
-        result = await _run(job, request)
+        result = await _run(partial(run_sample, model, **body.model_dump()), request)
         if not isinstance(result, Result):
             return result
         headers = {"X-Steps": str(result.steps), "X-Seconds": f"{result.seconds:.3f}"}
@@ -105,10 +111,20 @@ def create_app(model: Model, limits: Limits | None = None, name: str = "model") 
             handle = jobs.submit(partial(run_sample, model, emit=emit, **body.model_dump()))
         except QueueFull as e:
             return _busy(e)
-        stream = _events(handle, events, ahead, body.n)
         return StreamingResponse(
-            stream, media_type="text/event-stream", headers={"Cache-Control": "no-store"}
-        )
+            _events(handle, events, ahead, body.n), media_type="text/event-stream",
+            headers={"Cache-Control": "no-store"},
+            background=BackgroundTask(handle.cancel),  # also if the client left before the stream began
+        )  # fmt: skip
+
+
+def _add_latent_routes(
+    app: FastAPI,
+    model: Model,
+    limits: Limits,
+    InterpolationRequest: type[BaseModel],
+) -> None:
+    max_steps = limits.steps_cap(model.schedule.num_timesteps)
 
     @app.post("/api/interpolate", responses=_ERRORS)
     async def interpolate(body: InterpolationRequest, request: Request) -> Any:  # type: ignore[valid-type]
@@ -144,15 +160,13 @@ def create_app(model: Model, limits: Limits | None = None, name: str = "model") 
         images = {"input": data_url(result.pngs[0]), "reconstruction": data_url(result.pngs[1])}
         return {**images, "mse": result.mse, "steps": result.steps, "seconds": result.seconds}
 
-    return app
-
 
 def _model_info(model: Model, limits: Limits, name: str) -> dict[str, Any]:
     T = model.schedule.num_timesteps
     return {
         "name": Path(name).name, "image_shape": list(model.image_shape), "prediction": model.prediction,
         "num_timesteps": T, "samplers": list(SAMPLERS), "spacings": list(SPACINGS),
-        "limits": {**limits.to_dict(), "max_steps": min(limits.max_steps, T)},
+        "limits": {**limits.to_dict(), "max_steps": limits.steps_cap(T)},
         "features": {feature: not missing_api(*names) for feature, names in _NEEDS.items()},
     }  # fmt: skip
 

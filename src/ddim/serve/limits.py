@@ -20,5 +20,9 @@ class Limits:
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
+    def steps_cap(self, num_timesteps: int) -> int:
+        """The most steps a request may ask of a model with T = `num_timesteps`."""
+        return min(self.max_steps, num_timesteps)
+
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

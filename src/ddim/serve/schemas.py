@@ -23,7 +23,7 @@ class Requests:
 
 def request_models(limits: Limits, num_timesteps: int) -> Requests:
     """Pydantic models whose bounds are `limits` (steps also ≤ the model's T)."""
-    max_steps = min(limits.max_steps, num_timesteps)
+    max_steps = limits.steps_cap(num_timesteps)
     strict = ConfigDict(extra="forbid", strict=True)  # no "3" for 3, no true for 1
 
     class SampleRequest(BaseModel):
