@@ -171,6 +171,25 @@ def test_trajectory_records_every_state(tiny_model):
     torch.testing.assert_close(traj.xt[0], x_T)
 
 
+def test_on_step_sees_every_step_of_every_batch_and_can_stop(tiny_model):
+    seen = []
+    x, traj = ddim.sample(tiny_model, 3, steps=4, seed=0, batch_size=2, return_trajectory=True,
+                          on_step=lambda info: seen.append(info))  # fmt: skip
+    assert [(s.index, s.x.shape[0]) for s in seen] == [(i, 2) for i in range(4)] + [(i, 1) for i in range(4)]
+    torch.testing.assert_close(seen[3].x, x[:2])
+    torch.testing.assert_close(torch.cat([seen[1].x0, seen[5].x0]), traj.x0[1])
+
+    class StopError(Exception):
+        pass
+
+    def stop_at_two(info):
+        if info.index == 2:
+            raise StopError
+
+    with pytest.raises(StopError):
+        ddim.sample(tiny_model, 1, steps=4, on_step=stop_at_two)
+
+
 def test_explicit_timesteps_and_clip(tiny_model):
     a = ddim.sample(tiny_model, 2, timesteps=[99, 50, 0], seed=0)
     torch.testing.assert_close(a, ddim.sample(tiny_model, 2, timesteps=[0, 50, 99], seed=0))

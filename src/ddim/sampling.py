@@ -178,6 +178,7 @@ def sample(
     precision: Precision = "fp32",
     return_trajectory: bool = False,
     start_index: int = 0,
+    on_step: Callable[[StepInfo], None] | None = None,
 ) -> Tensor | tuple[Tensor, Trajectory]:
     """Draw n samples, (n, *shape) float32 on the CPU, in the data range ([-1, 1] for images).
 
@@ -190,6 +191,8 @@ def sample(
     directly. A `Model`'s net is moved to `device` (default: where its parameters are).
     start_index: draw samples start_index … start_index + n − 1 of the seed's sequence (a shard
     of a larger run gives the same images as the whole run).
+    on_step: called after every step of every batch with its `StepInfo` (x_t' and x̂_0 of the
+    batch, on the sampling device); an exception it raises stops sampling and propagates.
     """
     target = _resolve(model, noise, shape, schedule, device)
     n = _check_n(n, noise)
@@ -202,7 +205,7 @@ def sample(
     batch_size = batch_size or n
     chunks = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
-    options = _Options(sampler, eta, clip, precision)
+    options = _Options(sampler, eta, clip, precision, on_step)
     outputs, records = [], []
     bar = tqdm(total=len(chunks) * len(seq), disable=not progress, unit="step", desc="sampling")
     with torch.no_grad(), _eval_mode(target.net), bar:
@@ -226,6 +229,7 @@ class _Options:
     eta: float
     clip: bool
     precision: Precision
+    on_step: Callable[[StepInfo], None] | None = None  # the caller's hook, after each step
 
 
 def _sample_chunk(
@@ -244,6 +248,8 @@ def _sample_chunk(
         bar.update(1)
         if keep:
             record.append(StepInfo(info.index, info.t, info.t_next, info.x.cpu(), info.x0.cpu()))
+        if opts.on_step is not None:
+            opts.on_step(info)
 
     x = denoise(
         target.net, x_T, target.schedule, ts, prediction=target.prediction, sampler=opts.sampler,

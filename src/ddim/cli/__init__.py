@@ -11,11 +11,11 @@ from collections.abc import Sequence
 
 from ddim import __version__, distributed
 from ddim.checkpoint import CheckpointError
-from ddim.cli import convert, evaluate, info, sample, train
+from ddim.cli import convert, evaluate, info, sample, serve, train
 from ddim.cli._args import Parser
 from ddim.training import TrainingError
 
-SUBCOMMANDS = (sample, train, evaluate, info, convert)
+SUBCOMMANDS = (sample, train, evaluate, info, convert, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
