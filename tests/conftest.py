@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import ddim
+from ddim.metrics import Extractor
 from ddim.models import Model
 from ddim.models.unet import UNet, UNetConfig
 
@@ -37,17 +38,19 @@ def tiny_checkpoint(tmp_path, tiny_model):
     return ddim.save(tiny_model, tmp_path / "tiny.safetensors")
 
 
+def tiny_features(name: str = "tiny") -> Extractor:
+    """A cheap stand-in for a feature network: 4×4 average-pooled pixels of channel 0 (16-d)."""
+    net = torch.nn.AdaptiveAvgPool2d(4)
+    return Extractor(
+        name, 16, f"{name}-v1", net, lambda u: net(u[:, :1] / 255.0).flatten(1), torch.device("cpu")
+    )
+
+
 @pytest.fixture
-def cli(capsys):
-    """Run `ddim ARGV` in-process: (exit code, stdout, stderr), whether it returns or exits."""
-    from ddim.cli import main
+def tiny_extractor() -> Extractor:
+    return tiny_features()
 
-    def run(*argv) -> tuple[int, str, str]:
-        try:
-            code = main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        return code, out, err
 
-    return run
+@pytest.fixture
+def make_extractor():
+    return tiny_features

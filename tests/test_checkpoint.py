@@ -126,7 +126,7 @@ def test_unknown_net_type_and_bad_config(tiny_checkpoint, tmp_path):
 
 def test_weights_that_do_not_fit_the_config(tiny_checkpoint):
     _rewrite(tiny_checkpoint, edit_tensors=lambda t: t.pop("net.conv_out.bias"))
-    _expect_error(tiny_checkpoint, r"missing \['conv_out.bias'\]")
+    _expect_error(tiny_checkpoint, r"missing \['net.conv_out.bias'\]")
 
 
 def test_wrong_shape_and_nan_weights(tmp_path, tiny_model):

@@ -10,17 +10,7 @@ import torch
 from PIL import Image
 
 import ddim
-from ddim.cli import main
-
-
-def run(capsys, *argv):
-    """(exit code, stdout, stderr) of `ddim ARGV`, whether it returns or exits."""
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from helpers import run_cli as run
 
 
 def test_help_lists_commands_and_examples(capsys):
@@ -102,7 +92,7 @@ def test_info_describes_a_checkpoint(capsys, tiny_checkpoint):
         (["sample", "--steps", "1001"], r"steps must be an integer in [1, 1000]"),
         (["sample", "--eta", "1.5"], "argument --eta: must be in [0, 1], got 1.5"),
         (["sample", "--eta", "-0.1"], "argument --eta: must be in [0, 1]"),
-        (["sample", "--n", "0"], "argument --n: must be >= 1"),
+        (["sample", "--n", "0"], "argument -n/--n: must be >= 1"),
         (["sample", "--spacing", "cubic"], "invalid choice: 'cubic'"),
         (["sample", "--sampler", "ddpm", "--eta", "0.3"], "only for sampler 'ddim'"),
         (["sample", "--timesteps", "5,5"], "distinct"),

@@ -9,6 +9,13 @@ from PIL import Image
 
 import ddim
 from ddim.io import save_npz
+from helpers import run_cli
+
+
+@pytest.fixture
+def cli(capsys):
+    """`ddim ARGV` in-process → (exit code, stdout, stderr)."""
+    return lambda *argv: run_cli(capsys, *argv)
 
 
 @pytest.fixture

@@ -31,8 +31,6 @@ Tolerances, and why:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 import torch
@@ -46,10 +44,10 @@ from ddim.models.parameterization import PREDICTIONS, to_x0_eps, v_from_x0_eps
 from ddim.sampling import StepInfo, ddim_step, denoise, sample_generator, sigma_eta
 from ddim.schedule import NoiseSchedule, timesteps
 from ddim.toy import MixtureDenoiser, glyphs
+from helpers import PREDICTION_TYPE, run_diffusers
 
 T = 1000
 SCHEDULE = NoiseSchedule.linear(T, 1e-4, 0.02)
-PREDICTION_TYPE = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}  # ours → diffusers'
 SPACING = {"uniform": "leading", "trailing": "trailing", "linspace": "linspace"}  # ours → diffusers'
 STEP_NOISE_STREAM = 1  # `sample_generator`: "stream 0 draws x_T, stream 1 step noise"
 SHAPE = (1, 8, 8)  # one sample: an 8×8 glyph
@@ -101,28 +99,6 @@ def mixture(prediction: str = "eps") -> MixtureDenoiser:
 
 def latents(n: int = 4, seed: int = 0) -> Tensor:
     return torch.randn(n, *SHAPE, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def run_diffusers(
-    scheduler: DDIMScheduler | DDPMScheduler,
-    net: Callable[[Tensor, Tensor], Tensor],
-    x: Tensor,
-    steps: int | None,
-    **step_kwargs,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """diffusers' own loop: (its timesteps, x after each step (S, *x.shape), x̂_0 at each step)."""
-    if steps is not None:
-        scheduler.set_timesteps(steps)
-    xs, x0s = [], []
-    for k, t in enumerate(scheduler.timesteps):
-        kwargs = dict(step_kwargs)
-        if "variance_noise" in kwargs:  # one pre-drawn noise tensor per step
-            kwargs["variance_noise"] = kwargs["variance_noise"][k]
-        out = scheduler.step(net(x, torch.full((x.shape[0],), int(t), dtype=torch.int64)), t, x, **kwargs)
-        x = out.prev_sample
-        xs.append(x)
-        x0s.append(out.pred_original_sample)
-    return scheduler.timesteps, torch.stack(xs), torch.stack(x0s)
 
 
 def run_ours(net, x: Tensor, ts: list[int], **kwargs) -> tuple[Tensor, Tensor]:

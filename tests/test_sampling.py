@@ -134,6 +134,8 @@ def test_same_seed_and_index_give_the_same_image_whatever_the_batch(tiny_model, 
         batched = ddim.sample(tiny_model, 7, steps=6, eta=eta, seed=3, batch_size=batch_size)
         torch.testing.assert_close(batched, full, **same)
     torch.testing.assert_close(ddim.sample(tiny_model, 4, steps=6, eta=eta, seed=3), full[:4], **same)
+    shard = ddim.sample(tiny_model, 3, steps=6, eta=eta, seed=3, start_index=4)  # samples 4, 5, 6
+    torch.testing.assert_close(shard, full[4:], **same)
 
 
 def test_given_latents_reproduce_the_seeded_samples_even_with_noise(tiny_model):
@@ -158,6 +160,25 @@ def test_trajectory_records_every_state(tiny_model):
     torch.testing.assert_close(traj.x0[-1], x)  # the last step (ᾱ = 1, σ = 0) returns x̂0
     x_T = torch.stack([torch.randn(1, 8, 8, generator=sample_generator(0, i, 0)) for i in range(3)])
     torch.testing.assert_close(traj.xt[0], x_T)
+
+
+def test_on_step_sees_every_step_of_every_batch_and_can_stop(tiny_model):
+    seen = []
+    x, traj = ddim.sample(tiny_model, 3, steps=4, seed=0, batch_size=2, return_trajectory=True,
+                          on_step=lambda info: seen.append(info))  # fmt: skip
+    assert [(s.index, s.x.shape[0]) for s in seen] == [(i, 2) for i in range(4)] + [(i, 1) for i in range(4)]
+    torch.testing.assert_close(seen[3].x, x[:2])
+    torch.testing.assert_close(torch.cat([seen[1].x0, seen[5].x0]), traj.x0[1])
+
+    class StopError(Exception):
+        pass
+
+    def stop_at_two(info):
+        if info.index == 2:
+            raise StopError
+
+    with pytest.raises(StopError):
+        ddim.sample(tiny_model, 1, steps=4, on_step=stop_at_two)
 
 
 def test_explicit_timesteps_and_clip(tiny_model):

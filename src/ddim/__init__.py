@@ -5,6 +5,7 @@ model = ddim.load("toy")
 x = ddim.sample(model, n=16, steps=50, eta=0.0, seed=0)   # (16, C, H, W) in [-1, 1]
 """
 
+from ddim import metrics
 from ddim.checkpoint import CheckpointError, builtin_names, load, save
 from ddim.consistency import consistency
 from ddim.interpolation import interpolate, slerp
@@ -25,6 +26,7 @@ __all__ = [
     "interpolate",
     "invert",
     "load",
+    "metrics",
     "reconstruct",
     "reconstruction_errors",
     "sample",

@@ -3,13 +3,16 @@
 A checkpoint is one `.safetensors` file: the network's weights under `net.*` (the EMA weights,
 for trained models), the schedule's β under `schedule.betas` (float64), and in the metadata
 key "ddim" a JSON object: format name and version, the net config, image shape, prediction
-type, data range and free-form provenance (`info`). Loading never executes code from a file.
+type, data range and free-form provenance (`info`). Loading never executes code from a file:
+`load` also reads the foreign formats of `ddim.convert`, PyTorch pickles with
+`torch.load(weights_only=True)` only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -82,22 +85,23 @@ def save(model: Model, path: str | os.PathLike, dtype: torch.dtype | None = None
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> Model:
-    """A built-in model by name (see `builtin_names()`) or a native checkpoint by path."""
+    """A built-in model by name (see `builtin_names()`), or a path: a native checkpoint, a
+    diffusers UNet2DModel folder or an official DDPM/DDIM checkpoint (see `ddim.convert`)."""
+    from ddim import convert  # convert builds on this module: imported here, not at the top
+
     key = str(name_or_path)
     if key in _BUILTIN_FACTORIES:
         model = _BUILTIN_FACTORIES[key]()
     elif (_weights_dir() / f"{key}.safetensors").is_file():
         with resources.as_file(_weights_dir() / f"{key}.safetensors") as path:
-            model = _load_file(path)
+            model = load_native(path)
     else:
         path = Path(name_or_path)
         if not path.exists():
             raise CheckpointError(
                 f"no such file, and not a built-in model: {key} (built-in: {', '.join(builtin_names())})"
             )
-        if path.is_dir():
-            raise CheckpointError(f"{path} is a folder; a ddim checkpoint is a .safetensors file")
-        model = _load_file(path)
+        model = load_native(path) if convert.detect(path) == "ddim" else convert.import_model(path)
     model.net.to(device)
     return model
 
@@ -118,7 +122,8 @@ def _read(path: Path, tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
         ) from None
     if raw is None:
         raise CheckpointError(
-            f"{path} is a safetensors file but not a ddim checkpoint (no '{FORMAT}' metadata)"
+            f"{path} is a safetensors file but not a ddim checkpoint (no '{FORMAT}' metadata; "
+            "for a diffusers model, pass its folder)"
         )
     try:
         meta = json.loads(raw)
@@ -137,7 +142,9 @@ def _read(path: Path, tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, data
 
 
-def _load_file(path: Path) -> Model:
+def load_native(path: str | os.PathLike) -> Model:
+    """A native checkpoint file (see the module docstring)."""
+    path = Path(path)
     meta, tensors = _read(path, tensors=True)
     try:
         schedule = NoiseSchedule.from_betas(tensors.pop("schedule.betas"))
@@ -149,23 +156,63 @@ def _load_file(path: Path) -> Model:
     except (KeyError, ValueError, TypeError) as e:
         missing = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"{path}: invalid checkpoint config: {missing}") from None
-    state = {k.removeprefix("net."): v for k, v in tensors.items() if k.startswith("net.")}
-    _load_state(net, state, path)
+    state = {k: v for k, v in tensors.items() if k.startswith("net.")}
+    check_weights(state, {f"net.{k}": v.shape for k, v in net.state_dict().items()}, path)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
     return Model(net.eval(), schedule, model.image_shape, model.prediction, model.info)
 
 
-def _load_state(net: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
-    expected = net.state_dict()
+def check_weights(
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Size], where: str | os.PathLike
+) -> None:
+    """Refuse weights whose names or shapes differ from `expected`, or that hold NaN/inf.
+
+    Both dicts use the names as they appear in the file, so the message names what the user has.
+    """
     missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: weights do not match the config: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            f"{where}: weights do not match the architecture: missing {_few(missing)}, "
+            f"unexpected {_few(unexpected)}"
         )
     for k, v in state.items():
-        if v.shape != expected[k].shape:
+        if v.shape != expected[k]:
             raise CheckpointError(
-                f"{path}: net.{k} has shape {tuple(v.shape)}, the config needs {tuple(expected[k].shape)}"
+                f"{where}: {k} has shape {tuple(v.shape)}, the architecture needs {tuple(expected[k])}"
             )
         if v.is_floating_point() and not torch.isfinite(v).all():
-            raise CheckpointError(f"{path}: net.{k} holds NaN or infinite values")
-    net.load_state_dict(state)
+            raise CheckpointError(f"{where}: {k} holds NaN or infinite values")
+
+
+def read_torch_file(path: str | os.PathLike) -> object:
+    """`torch.load(path, weights_only=True)` on the CPU: tensors and plain containers only.
+
+    A pickle that names any other object (one that would run code when loaded) is refused.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from None
+    # Not a blanket default: a damaged file makes torch's unpickler fail with almost any
+    # exception type (KeyError, IndexError, struct.error, ...); each becomes one line here.
+    except Exception as e:
+        _, marker, rest = str(e).partition("WeightsUnpickler error:")
+        if isinstance(e, pickle.UnpicklingError) and marker:  # torch's own refusal, many lines long
+            why = rest.strip().splitlines()[0].split(". ")[0] if rest.strip() else "no reason given"
+            raise CheckpointError(
+                f"{path}: refused by torch.load(weights_only=True): the pickle holds more than tensors "
+                f"and plain containers, and loading it could run code ({why})"
+            ) from None
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {_first_line(e)}"
+        ) from None
+
+
+def _few(keys: list[str], n: int = 3) -> str:
+    return f"{keys[:n]}{f' and {len(keys) - n} more' if len(keys) > n else ''}"
+
+
+def _first_line(e: BaseException) -> str:
+    """'Type: first line of the message', for one-line errors."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

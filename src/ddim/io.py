@@ -103,15 +103,17 @@ def save_samples(
     out_dir: str | os.PathLike | None = None,
     npz: str | os.PathLike | None = None,
     nrow: int | None = None,
+    first_index: int = 0,
 ) -> list[Path]:
     """Write samples (N, C, H, W) in [-1, 1]: a grid PNG, one PNG per sample, and/or an npz
-    holding `images` (uint8 N×H×W×C) and `x` (the float32 samples). Returns the paths written."""
+    holding `images` (uint8 N×H×W×C) and `x` (the float32 samples). Returns the paths written.
+    Per-sample PNGs are named by their index, first_index + i (000000.png, …)."""
     images = to_uint8(x)
     written = []
     if grid is not None:
         written.append(save_png(make_grid(images, nrow), grid))
     if out_dir is not None:
-        for i, img in enumerate(images):
+        for i, img in enumerate(images, start=first_index):
             save_png(img, Path(out_dir) / f"{i:06d}.png")
         written.append(Path(out_dir))
     if npz is not None:

@@ -36,24 +36,17 @@ class RunFolder:
         self.checkpoints = self.path / "checkpoints"
 
     # -- config ---------------------------------------------------------------------------
-    def create(self, config: TrainConfig) -> None:
-        """Start a new run here; refuse a folder that already holds one (nothing is overwritten)."""
+    def check_new(self) -> None:
+        """Refuse a folder that already holds a run (nothing is ever overwritten)."""
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"{self.path} exists and is not a folder")
         if (self.path / "config.toml").exists() or self.steps():
             raise ValueError(
                 f"{self.path} already holds a training run; continue it with --resume or choose another --out"
             )
-        atomic_write(self.path / "config.toml", lambda f: f.write(to_toml(config.to_dict()).encode()))
 
-    def saved_config(self) -> TrainConfig:
-        file = self.path / "config.toml"
-        if not file.is_file():
-            raise ValueError(f"{self.path} holds no training run to resume (no config.toml)")
-        return TrainConfig.from_dict(load_toml(file))
-
-    def check_config(self, config: TrainConfig) -> None:
-        """A resumed run may only change the settings in RESUMABLE; the new config is saved."""
+    def check_resume(self, config: TrainConfig) -> None:
+        """A resumed run may only change the settings in RESUMABLE, and needs a checkpoint."""
         saved = self.saved_config().to_dict()
         changed = [k for k, v in config.to_dict().items() if saved[k] != v and k not in RESUMABLE]
         if changed:
@@ -64,7 +57,15 @@ class RunFolder:
             )
         if not self.steps():
             raise ValueError(f"{self.path} has no checkpoint yet; start it again without --resume")
+
+    def write_config(self, config: TrainConfig) -> None:
         atomic_write(self.path / "config.toml", lambda f: f.write(to_toml(config.to_dict()).encode()))
+
+    def saved_config(self) -> TrainConfig:
+        file = self.path / "config.toml"
+        if not file.is_file():
+            raise ValueError(f"{self.path} holds no training run to resume (no config.toml)")
+        return TrainConfig.from_dict(load_toml(file))
 
     # -- checkpoints ----------------------------------------------------------------------
     def steps(self) -> list[int]:
@@ -80,9 +81,15 @@ class RunFolder:
 
     def save_checkpoint(
         self, step: int, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, model: Model,
-        config: TrainConfig, wall: float,
+        config: TrainConfig, wall: float, write: bool = True,
     ) -> Path:  # fmt: skip
-        """Write the EMA model and the training state of `step`, then prune old checkpoints."""
+        """Write the EMA model and the training state of `step`, then prune old checkpoints.
+
+        Returns the EMA model's path; write=False only returns it (the other processes).
+        """
+        path = self._model_file(step)
+        if not write:
+            return path
         info = {"training": config.to_dict(), "step": step, "wall_time_s": round(wall, 1)}
         ema_model = Model(ema, model.schedule, model.image_shape, model.prediction, info)
         state = {
@@ -90,14 +97,19 @@ class RunFolder:
             "net": net.state_dict(), "optimizer": opt.state_dict(),
         }  # fmt: skip
         atomic_write(self._state_file(step), lambda f: torch.save(state, f))
-        path = save(ema_model, self._model_file(step))
+        save(ema_model, path)
         for old in self.steps()[: -config.keep_checkpoints]:
             self._model_file(old).unlink(missing_ok=True)
             self._state_file(old).unlink(missing_ok=True)
         return path
 
-    def load_latest(self, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> tuple[int, float]:
-        """Restore net, EMA and optimizer from the latest checkpoint; returns (step, wall time)."""
+    def load_latest(
+        self, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, truncate_log: bool = True
+    ) -> tuple[int, float]:
+        """Restore net, EMA and optimizer from the latest checkpoint; returns (step, wall time).
+
+        truncate_log drops the log lines written after that checkpoint (rank 0 does it).
+        """
         step = self.steps()[-1]
         file = self._state_file(step)
         try:
@@ -111,7 +123,8 @@ class RunFolder:
         opt.load_state_dict(state["optimizer"])
         ema.load_state_dict(load(self._model_file(step)).net.state_dict())
         ema.to(device)
-        self._truncate_log(step)
+        if truncate_log:
+            self._truncate_log(step)
         return step, float(state["wall_time_s"])
 
     def _model_file(self, step: int) -> Path:

@@ -182,6 +182,8 @@ def sample(
     device: str | torch.device | None = None,
     precision: Precision = "fp32",
     return_trajectory: bool = False,
+    start_index: int = 0,
+    on_step: Callable[[StepInfo], None] | None = None,
 ) -> Tensor | tuple[Tensor, Trajectory]:
     """Draw n samples, (n, *shape) float32 on the CPU, in the data range ([-1, 1] for images).
 
@@ -192,6 +194,10 @@ def sample(
     its x_T and its step noise from generators seeded by (seed, i), so it does not depend on
     n, batch_size or the device; seed=None picks a fresh random seed. `noise=` gives x_T
     directly. A `Model`'s net is moved to `device` (default: where its parameters are).
+    start_index: draw samples start_index … start_index + n − 1 of the seed's sequence (a shard
+    of a larger run gives the same images as the whole run).
+    on_step: called after every step of every batch with its `StepInfo` (x_t' and x̂_0 of the
+    batch, on the sampling device); an exception it raises stops sampling and propagates.
     """
     target = _resolve(model, noise, shape, schedule, device)
     n = _check_n(n, noise)
@@ -200,16 +206,17 @@ def sample(
     seq = _sub_sequence(T, steps, spacing, timesteps)
     ts = [*seq.tolist(), -1]
     seed = int(torch.randint(0, 2**62, ())) if seed is None else _check_seed(seed)
+    start_index = _check_seed(start_index, "start_index")
     batch_size = batch_size or n
     chunks = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
 
-    options = _Options(sampler, eta, clip, precision)
+    options = _Options(sampler, eta, clip, precision, on_step)
     outputs, records = [], []
     bar = tqdm(total=len(chunks) * len(seq), disable=not progress, unit="step", desc="sampling")
     with torch.no_grad(), _eval_mode(target.net), bar:
         for idx in chunks:
-            x_T = _initial_noise(noise, idx, seed, target)
-            gens = [sample_generator(seed, i, _STEP_NOISE_STREAM) for i in idx]
+            x_T = _initial_noise(noise, idx, seed, target, start_index)
+            gens = [sample_generator(seed, start_index + i, _STEP_NOISE_STREAM) for i in idx]
             x, record = _sample_chunk(target, x_T, ts, gens, options, bar, return_trajectory)
             outputs.append(x.float().cpu())
             records.append((x_T.cpu(), record))
@@ -227,6 +234,7 @@ class _Options:
     eta: float
     clip: bool
     precision: Precision
+    on_step: Callable[[StepInfo], None] | None = None  # the caller's hook, after each step
 
 
 def _sample_chunk(
@@ -245,6 +253,8 @@ def _sample_chunk(
         bar.update(1)
         if keep:
             record.append(StepInfo(info.index, info.t, info.t_next, info.x.cpu(), info.x0.cpu()))
+        if opts.on_step is not None:
+            opts.on_step(info)
 
     x = denoise(
         target.net, x_T, target.schedule, ts, prediction=target.prediction, sampler=opts.sampler,
@@ -267,10 +277,11 @@ def seeded_latents(shape: Sequence[int], seed: int, indices: Sequence[int]) -> T
     return torch.stack([torch.randn(tuple(shape), generator=g) for g in gens])
 
 
-def _initial_noise(noise: Tensor | None, idx: range, seed: int, target: _Target) -> Tensor:
+def _initial_noise(noise: Tensor | None, idx: range, seed: int, target: _Target, start_index: int) -> Tensor:
+    """x_T of the batch at positions `idx`: rows of `noise`, or drawn for samples start_index + idx."""
     if noise is not None:
         return noise[idx.start : idx.stop].to(device=target.device, dtype=torch.float32)
-    return seeded_latents(target.shape, seed, idx).to(target.device)
+    return seeded_latents(target.shape, seed, [start_index + i for i in idx]).to(target.device)
 
 
 def _resolve(
@@ -348,9 +359,9 @@ def _check_n(n: int | None, noise: Tensor | None) -> int:
     return n
 
 
-def _check_seed(seed: int) -> int:
+def _check_seed(seed: int, name: str = "seed") -> int:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise ValueError(f"{name} must be a non-negative integer, got {seed!r}")
     return seed
 
 

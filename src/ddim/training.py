@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import signal
 import threading
 import time
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ddim import distributed
 from ddim.data import load_images, to_model_range
 from ddim.models import Model
 from ddim.models.unet import UNet
@@ -79,18 +81,27 @@ def train_step(
     schedule: NoiseSchedule,
     config: TrainConfig,
     step: int,
+    part: slice = slice(None),
 ) -> tuple[float, float]:
-    """One optimizer step on the batch x0 (B, C, H, W) in [-1, 1]; returns (loss, gradient norm)."""
+    """One optimizer step; returns (this process's loss, gradient norm).
+
+    x0: this process's share `part` of the global batch of `config.batch_size` images in [-1, 1].
+    t, ε and flips are drawn for the whole global batch, so they do not depend on the number of
+    processes; `net` may be wrapped in DistributedDataParallel, which averages the gradients.
+    """
     gen = seeded_generator(config.seed, step, _STEP_STREAM)
-    b, device = x0.shape[0], x0.device
-    t = torch.randint(0, schedule.num_timesteps, (b,), generator=gen).to(device)
-    eps = torch.randn(x0.shape, generator=gen).to(device)
+    shape, device = (config.batch_size, *x0.shape[1:]), x0.device
+    t = torch.randint(0, schedule.num_timesteps, shape[:1], generator=gen)[part].to(device)
+    eps = torch.randn(shape, generator=gen)[part].to(device)
     if config.hflip:
-        flip = (torch.rand(b, generator=gen) < 0.5).to(device)[:, None, None, None]  # (B, 1, 1, 1)
+        flip = (torch.rand(shape[:1], generator=gen) < 0.5)[part].to(device)[
+            :, None, None, None
+        ]  # (B, 1, 1, 1)
         x0 = torch.where(flip, x0.flip(-1), x0)
     for group in opt.param_groups:
         group["lr"] = config.lr_at(step)
-    with _seeded_global_rng(int(torch.randint(0, 2**62, (), generator=gen)), device):  # dropout
+    dropout_seed = int(torch.randint(0, 2**62, (), generator=gen)) + distributed.rank()
+    with _seeded_global_rng(dropout_seed, device):
         loss = diffusion_loss(net, x0, t, eps, schedule, config.precision == "bf16")
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -99,6 +110,20 @@ def train_step(
     if torch.isfinite(loss) and torch.isfinite(grad_norm):
         opt.step()
     return loss.item(), grad_norm.item()
+
+
+@dataclass(frozen=True)
+class _Session:
+    """Everything one training process works with."""
+
+    config: TrainConfig
+    run: RunFolder
+    data: Tensor  # uint8 (N, C, H, W): the whole dataset, on the CPU
+    net: nn.Module  # the network being trained
+    forward: nn.Module  # net, or its DistributedDataParallel wrapper (averages the gradients)
+    ema: nn.Module
+    opt: torch.optim.Optimizer
+    model: Model  # the EMA network with its schedule: what is sampled and saved
 
 
 def train(
@@ -113,76 +138,92 @@ def train(
 
     resume: continue the run in `out` from its latest checkpoint (only the settings in
     `train_config.RESUMABLE`, such as `steps`, may differ from the saved config).
+    Under torchrun, each of the N processes takes batch_size / N images of every global batch
+    (DDP averages the gradients) and only rank 0 writes; the result does not depend on N.
     """
-    device = torch.device(device)
+    device = distributed.init(torch.device(device))
+    if config.batch_size % distributed.world_size():
+        raise ValueError(
+            f"batch_size={config.batch_size} must be divisible by the {distributed.world_size()} processes"
+        )
     data = load_images(
         config.data, key=config.data_key, resolution=config.net.resolution, fit=config.fit,
-        channels=config.net.in_channels, progress=progress,
+        channels=config.net.in_channels, progress=progress and distributed.is_main(),
     )  # fmt: skip
     if len(data) < config.batch_size:
         raise ValueError(f"the dataset has {len(data)} images, fewer than batch_size={config.batch_size}")
-    run = RunFolder(out)  # touched only once the data is known to be good
-    run.check_config(config) if resume else run.create(config)
-    schedule = config.schedule()
+    run = RunFolder(out)  # written only once the data is known to be good, and by rank 0 only
+    run.check_resume(config) if resume else run.check_new()
+    distributed.barrier()  # every process has checked before the folder changes
+    write = distributed.is_main()
+    if write:
+        run.write_config(config)
     with _seeded_global_rng(config.seed, device):
         net = UNet(config.net).to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.AdamW(
         net.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
     )
-    start, wall = run.load_latest(net, ema, opt) if resume else (0, 0.0)
-    model = Model(ema, schedule, (config.net.in_channels, config.net.resolution, config.net.resolution))
-    return _loop(config, run, data, net, ema, opt, model, start, wall, progress)
+    start, wall = run.load_latest(net, ema, opt, truncate_log=write) if resume else (0, 0.0)
+    forward = nn.parallel.DistributedDataParallel(net) if distributed.world_size() > 1 else net
+    shape = (config.net.in_channels, config.net.resolution, config.net.resolution)
+    model = Model(ema, config.schedule(), shape)
+    session = _Session(config, run, data, net, forward, ema, opt, model)
+    return _loop(session, start, wall, progress and distributed.is_main())
 
 
-def _loop(
-    config: TrainConfig,
-    run: RunFolder,
-    data: Tensor,
-    net: nn.Module,
-    ema: nn.Module,
-    opt: torch.optim.Optimizer,
-    model: Model,
-    start: int,
-    wall: float,
-    progress: bool,
-) -> TrainResult:
-    device = next(net.parameters()).device
-    checkpoint = run.latest_checkpoint()
+def _loop(s: _Session, start: int, wall: float, progress: bool) -> TrainResult:
+    config, main = s.config, distributed.is_main()
+    checkpoint = s.run.latest_checkpoint()
     meter = _Meter()
     bar = tqdm(total=config.steps, initial=start, disable=not progress, unit="step", desc="training")
-    net.train()
-    done = start
+    s.net.train()
+    done, stop = start, False
     with _sigint_flag() as interrupted, bar:
         for step in range(start, config.steps):
             tick = time.perf_counter()
-            idx = batch_indices(len(data), config.batch_size, config.seed, step)
-            loss, grad_norm = train_step(
-                net, opt, to_model_range(data[idx]).to(device), model.schedule, config, step
-            )
-            if not (torch.isfinite(torch.tensor(loss)) and torch.isfinite(torch.tensor(grad_norm))):
+            loss, grad_norm, stop = _global_step(s, step, interrupted.is_set())
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 last = (
                     f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written"
                 )
                 raise TrainingError(
                     f"loss became {loss} (gradient norm {grad_norm}) at step {step + 1}; {last}"
                 )
-            ema_update(ema, net, config.ema_decay_at(step))
+            ema_update(s.ema, s.net, config.ema_decay_at(step))
             done, wall = step + 1, wall + time.perf_counter() - tick
             meter.add(loss, grad_norm, config.batch_size, time.perf_counter() - tick)
             bar.update(1)
-            if done % config.log_every == 0 or done == config.steps:
+            if main and (done % config.log_every == 0 or done == config.steps):
                 record = meter.flush(done, config.lr_at(step), wall)
-                run.log(record)
+                s.run.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
-            if config.sample_every and (done % config.sample_every == 0 or done == config.steps):
-                run.save_sample_grid(done, model, config)
-            if done % config.checkpoint_every == 0 or done == config.steps or interrupted.is_set():
-                checkpoint = run.save_checkpoint(done, net, ema, opt, model, config, wall)
-            if interrupted.is_set():
+            if main and config.sample_every and (done % config.sample_every == 0 or done == config.steps):
+                s.run.save_sample_grid(done, s.model, config)
+            if done % config.checkpoint_every == 0 or done == config.steps or stop:
+                checkpoint = s.run.save_checkpoint(
+                    done, s.net, s.ema, s.opt, s.model, config, wall, write=main
+                )
+            if stop:
                 break
-    run.finish(checkpoint, complete=done == config.steps)
-    return TrainResult(done, checkpoint, interrupted.is_set())
+    if main:
+        s.run.finish(checkpoint, complete=done == config.steps)
+    distributed.barrier()
+    return TrainResult(done, checkpoint, stop)
+
+
+def _global_step(s: _Session, step: int, stop_requested: bool) -> tuple[float, float, bool]:
+    """Step `step` on this process's share of the global batch: (the global batch's mean loss,
+    the gradient norm, whether any process was asked to stop)."""
+    shard = distributed.shard(s.config.batch_size)
+    part = slice(shard.start, shard.stop)
+    idx = batch_indices(len(s.data), s.config.batch_size, s.config.seed, step)[part]
+    x0 = to_model_range(s.data[idx]).to(next(s.net.parameters()).device)
+    loss, grad_norm = train_step(s.forward, s.opt, x0, s.model.schedule, s.config, step, part)
+    loss, stop = distributed.all_reduce_sum(
+        [loss * len(shard) / s.config.batch_size, stop_requested], x0.device
+    )
+    return loss, grad_norm, stop > 0
 
 
 class _Meter:

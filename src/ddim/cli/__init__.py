@@ -9,13 +9,24 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ddim import __version__
+from ddim import __version__, distributed
 from ddim.checkpoint import CheckpointError
-from ddim.cli import consistency, info, interpolate, invert, reconstruct, sample, train
+from ddim.cli import (
+    consistency,
+    convert,
+    evaluate,
+    info,
+    interpolate,
+    invert,
+    reconstruct,
+    sample,
+    serve,
+    train,
+)
 from ddim.cli._args import Parser
 from ddim.training import TrainingError
 
-SUBCOMMANDS = (sample, invert, reconstruct, interpolate, consistency, train, info)
+SUBCOMMANDS = (sample, invert, reconstruct, interpolate, consistency, train, evaluate, info, convert, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,3 +51,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"ddim {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()

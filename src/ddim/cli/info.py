@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ddim.checkpoint import builtin_names, load, read_metadata
 from ddim.cli._args import DEFAULT_MODEL
+from ddim.convert import FORMATS, detect
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -26,11 +27,13 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     model = load(args.model)
     path = Path(args.model)
-    is_file = args.model not in builtin_names() and path.is_file()
+    fmt = None if args.model in builtin_names() else detect(path)
+    files = [path] if fmt is None or path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     report = {
         "model": str(args.model),
-        "source": f"checkpoint file, {path.stat().st_size:,} bytes" if is_file else "built-in",
-        "format_version": read_metadata(path)["format_version"] if is_file else None,
+        "source": "built-in" if fmt is None else f"{sum(p.stat().st_size for p in files):,} bytes",
+        "format": "built-in" if fmt is None else FORMATS[fmt],
+        "format_version": read_metadata(path)["format_version"] if fmt == "ddim" else None,
         "net": model.net.config.to_dict(),
         "parameters": model.num_parameters,
         "image_shape": list(model.image_shape),

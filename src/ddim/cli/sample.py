@@ -7,8 +7,10 @@ import json
 import time
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
+from ddim import distributed
 from ddim.checkpoint import load
 from ddim.cli._args import DEFAULT_MODEL, device_arg, eta_arg, int_at_least, int_list
 from ddim.cli._images import read_latents
@@ -38,7 +40,11 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--model", default=DEFAULT_MODEL, help=f"built-in name or checkpoint path (default: {DEFAULT_MODEL})"
     )
     p.add_argument(
-        "--n", type=int_at_least(1), default=None, help="number of samples (default: 16, or all --latents)"
+        "-n",
+        "--n",
+        type=int_at_least(1),
+        default=None,
+        help="number of samples (default: 16, or all --latents)",
     )
     p.add_argument(
         "--latents",
@@ -95,6 +101,9 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    device = distributed.init(args.device)  # under torchrun: join the group, one GPU per rank
+    if distributed.launched() and args.trajectory is not None:
+        raise ValueError("--trajectory is for single-process runs (not under torchrun)")
     model = load(args.model)
     T = model.schedule.num_timesteps
     latents, stored = read_latents(args.latents) if args.latents is not None else (None, None)
@@ -106,29 +115,41 @@ def run(args: argparse.Namespace) -> int:
         seq = timesteps(T, 50 if args.steps is None else args.steps, args.spacing)
     n = _count(args.n, latents)
     out = args.out if args.out is not None or args.out_dir or args.npz else Path("samples.png")
+    main = distributed.is_main()
     settings = {
         "model": str(args.model), "n": n, "latents": None if latents is None else str(args.latents),
         "sampler": args.sampler, "eta": args.eta, "steps": len(seq), "seed": args.seed,
-        "device": str(args.device), "precision": args.precision,
+        "device": str(device), "precision": args.precision, "processes": distributed.world_size(),
     }  # fmt: skip
     if args.dry_run:
-        print(json.dumps({**settings, "timesteps": seq.tolist()}, indent=2))
+        if main:
+            print(json.dumps({**settings, "timesteps": seq.tolist()}, indent=2))
         return 0
-    if args.steps is not None and args.timesteps is None and len(seq) < args.steps:
+    if main and args.steps is not None and args.timesteps is None and len(seq) < args.steps:
         print(
             f"note: {args.spacing} spacing repeats timesteps at S={args.steps}; "
             f"using its {len(seq)} distinct steps"
         )
+    shard = distributed.shard(n)  # this process's samples: all of them for one process
     start = time.perf_counter()
-    result = sample(
-        model, n, noise=None if latents is None else latents[:n], steps=len(seq), timesteps=seq,
-        eta=args.eta, sampler=args.sampler, seed=args.seed, clip=args.clip, batch_size=args.batch_size,
-        progress=not args.quiet, device=args.device, precision=args.precision,
-        return_trajectory=args.trajectory is not None,
-    )  # fmt: skip
+    x, trajectory = torch.empty(0, *model.image_shape), None
+    if len(shard):
+        result = sample(
+            model, len(shard), noise=None if latents is None else latents[shard.start : shard.stop],
+            steps=len(seq), timesteps=seq, eta=args.eta, sampler=args.sampler,
+            seed=args.seed, clip=args.clip, batch_size=args.batch_size, progress=main and not args.quiet,
+            device=device, precision=args.precision, return_trajectory=args.trajectory is not None,
+            start_index=shard.start,
+        )  # fmt: skip
+        x, trajectory = result if isinstance(result, tuple) else (result, None)
+    written = save_samples(x, out_dir=args.out_dir, first_index=shard.start) if args.out_dir else []
+    if out is not None or args.npz is not None:
+        x = distributed.gather_to_main(x)  # all n samples on rank 0, None elsewhere
+    distributed.barrier()
     seconds = time.perf_counter() - start
-    x, trajectory = result if isinstance(result, tuple) else (result, None)
-    written = save_samples(x, grid=out, out_dir=args.out_dir, npz=args.npz, nrow=args.nrow)
+    if not main:
+        return 0
+    written += save_samples(x, grid=out, npz=args.npz, nrow=args.nrow)
     if trajectory is not None:
         written.append(save_trajectory_gif(trajectory, args.trajectory, nrow=args.nrow))
     print(f"{n} samples, {len(seq)} steps, {seconds:.1f} s ({seconds / len(seq):.3f} s/step)")

@@ -1,0 +1,73 @@
+"""Are a model's digits recognisable? DDIM samples classified by the project's MNIST classifier.
+
+    python -m benchmarks.recognisable --model mnist --n 1000 --steps 50 --eta 0 --seed 0
+
+Prints the share of samples classified with confidence ≥ 0.9 and the share of each digit
+(the model card's criteria: ≥ 90 % confident, every digit between 5 % and 15 %); --json writes
+them. It measures; it asserts nothing (tests/test_shipped_model.py does, on the shipped model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+import ddim
+from ddim.io import atomic_write
+from ddim.metrics import load_extractor
+
+
+@dataclass(frozen=True)
+class Recognisability:
+    n: int
+    steps: int
+    eta: float
+    seed: int
+    confident: float  # share of samples whose top class has probability >= threshold
+    threshold: float
+    class_shares: list[float]  # share of samples predicted as each digit 0-9
+    seconds: float
+
+
+@torch.no_grad()
+def measure(
+    model: ddim.Model, n: int = 1000, steps: int = 50, eta: float = 0.0, seed: int = 0,
+    threshold: float = 0.9, batch_size: int = 250, progress: bool = False,
+) -> Recognisability:  # fmt: skip
+    """Sample n images and classify them (the MNIST classifier of `ddim.metrics`, 28×28 input)."""
+    start = time.perf_counter()
+    x = ddim.sample(model, n, steps=steps, eta=eta, seed=seed, batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - start
+    classifier = load_extractor("mnist").net.eval()
+    probs = torch.cat([classifier(x[i : i + 500]).softmax(1) for i in range(0, n, 500)])  # (n, 10)
+    top, label = probs.max(1)
+    shares = torch.bincount(label, minlength=10).double() / n
+    return Recognisability(
+        n, steps, eta, seed, (top >= threshold).double().mean().item(), threshold, shares.tolist(), seconds
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="mnist", help="built-in name or checkpoint (default: mnist)")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = p.parse_args()
+    r = measure(ddim.load(args.model), args.n, args.steps, args.eta, args.seed, progress=True)
+    print(f"{args.model}: {r.n} samples, S = {r.steps}, η = {r.eta}, seed {r.seed} ({r.seconds:.0f} s)")
+    print(f"classified with confidence >= {r.threshold}: {100 * r.confident:.1f} %")
+    print("share of each digit: " + ", ".join(f"{d}: {100 * s:.1f} %" for d, s in enumerate(r.class_shares)))
+    if args.json:
+        atomic_write(args.json, lambda f: f.write(json.dumps(asdict(r), indent=2).encode()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""`ddim serve`: the interactive page and JSON API (see `ddim.serve`), on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+
+from ddim.checkpoint import load
+from ddim.cli._args import device_arg, int_at_least
+
+SERVE_MODEL = "mnist"
+SERVE_EXAMPLES = """examples:
+  ddim serve                                 the shipped MNIST model on http://127.0.0.1:8000
+  ddim serve --model toy --port 8080         the analytic toy model
+  ddim serve --model run/ema.safetensors --max-n 16 --max-steps 100 --max-queue 2
+  ddim serve --host 0.0.0.0                  reachable from other machines: anyone may use it
+"""
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="an interactive web page to sample, watch, interpolate and invert",
+        description="Serve one model: a web page and a JSON API (OpenAPI schema at /openapi.json).",
+        epilog=SERVE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model", default=SERVE_MODEL, help=f"built-in name or checkpoint path (default: {SERVE_MODEL})"
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
+    )
+    p.add_argument(
+        "--port", type=int_at_least(0), default=8000, help="TCP port, 0 for any free one (default: 8000)"
+    )
+    p.add_argument(
+        "--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
+    )
+    p.add_argument("--max-n", type=int_at_least(1), default=64, help="images per request (default: 64)")
+    p.add_argument("--max-steps", type=int_at_least(1), default=200, help="sampling steps S (default: 200)")
+    p.add_argument(
+        "--max-frames", type=int_at_least(2), default=16, help="interpolation frames (default: 16)"
+    )
+    p.add_argument(
+        "--max-upload-kb", type=int_at_least(1), default=2048, help="upload size in KiB (default: 2048)"
+    )
+    p.add_argument(
+        "--max-queue", type=int_at_least(0), default=4,
+        help="jobs that may wait behind the running one; more get 429 (default: 4)",
+    )  # fmt: skip
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from ddim.serve import Limits, create_app
+    except ModuleNotFoundError as e:
+        missing = f"ddim serve needs the serve extra ({e.name} is missing): pip install 'ddim[serve]'"
+        raise ValueError(missing) from None
+    limits = Limits(
+        max_n=args.max_n, max_steps=args.max_steps, max_frames=args.max_frames,
+        max_upload_bytes=args.max_upload_kb * 1024, max_queue=args.max_queue,
+    )  # fmt: skip
+    model = load(args.model, device=args.device)
+    if not _is_loopback(args.host):
+        print(f"warning: serving on {args.host}: anyone who can reach this machine can use the model")
+    uvicorn.run(create_app(model, limits, name=str(args.model)), host=args.host, port=args.port)
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"

@@ -1,0 +1,58 @@
+"""Images over HTTP: tensors in [-1, 1] to PNG bytes and data URLs, and uploads to tensors."""
+
+from __future__ import annotations
+
+import base64
+import io
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from ddim.io import make_grid, to_uint8
+
+
+class BadImage(ValueError):  # noqa: N818 (reported to the client as 422)
+    """An upload that is not an image the server will decode."""
+
+
+def png_bytes(x: Tensor, nrow: int | None = None) -> bytes:
+    """Images (N, C, H, W) in [-1, 1] → one PNG grid, `nrow` a row (default ≈ √N), 2 px apart
+    and around; a single image is written as it is, without the border."""
+    grid = make_grid(to_uint8(x), nrow, pad=0 if x.shape[0] == 1 else 2)  # (H', W', C) uint8
+    buffer = io.BytesIO()
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def data_url(png: bytes) -> str:
+    """PNG bytes as a `data:` URL, for JSON answers and server-sent events."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def decode_upload(data: bytes, shape: tuple[int, ...], max_pixels: int) -> Tensor:
+    """An uploaded image file → (1, C, H, W) float32 in [-1, 1], fitted to `shape` = (C, H, W).
+
+    Grey for C = 1, RGB for C = 3; cropped to the aspect ratio, then resized (the first frame of
+    an animation). The pixel count is checked from the header, before anything is decoded.
+    """
+    channels, height, width = shape
+    if channels not in (1, 3):
+        raise BadImage(f"the model has {channels} channels; only 1 (grey) and 3 (RGB) can be uploaded")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            if image.width * image.height > max_pixels:
+                raise BadImage(f"the image has {image.width}×{image.height} pixels; at most {max_pixels}")
+            image = ImageOps.fit(image.convert("L" if channels == 1 else "RGB"), (width, height))
+    except BadImage:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage(f"not an image file the server can read ({type(e).__name__})") from None
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt files, by PIL's plugins
+        raise BadImage(f"a damaged image file: {e}") from None
+    array = np.asarray(image, dtype=np.float32).reshape(height, width, channels)  # (H, W, C)
+    return torch.from_numpy(array).permute(2, 0, 1)[None] / 127.5 - 1.0  # (1, C, H, W)

@@ -1,0 +1,222 @@
+// ddim serve: the page. Plain JavaScript, no build step. Each section sets data-state on itself
+// (idle, running, done, error) so that people and tests can tell where it is.
+"use strict";
+
+const $ = (selector) => document.querySelector(selector);
+
+function setState(section, state, text) {
+  section.dataset.state = state;
+  const status = section.querySelector(".status");
+  status.textContent = text;
+  status.classList.toggle("error", state === "error");
+}
+
+function formValues(form) {
+  const values = {};
+  for (const [key, value] of new FormData(form)) {
+    if (value instanceof File || key === "preview") continue;
+    values[key] = form.elements[key].type === "number" ? Number(value) : value;
+  }
+  return values;
+}
+
+async function explain(response) {
+  // One line for a failed request: the server's message, and when to retry if it is busy.
+  let message = `${response.status} ${response.statusText}`;
+  try {
+    const body = await response.json();
+    message = body.message || JSON.stringify(body.detail) || message;
+  } catch (_) { /* not JSON: keep the status line */ }
+  const retry = response.headers.get("Retry-After");
+  return retry ? `${message} (server busy: try again in ${retry} s)` : message;
+}
+
+async function* serverSentEvents(response) {
+  // Parse a text/event-stream body read with fetch (EventSource cannot POST).
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let event = "message", data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) event = line.slice(7);
+        else if (line.startsWith("data: ")) data += line.slice(6);
+      }
+      if (data) yield { event, data: JSON.parse(data) };
+    }
+  }
+}
+
+const ms = (seconds) => `${(seconds * 1000).toFixed(0)} ms`;
+
+// --- Sample -------------------------------------------------------------------------------
+let running = null; // the AbortController of the sampling request in flight
+
+async function sample(event) {
+  event.preventDefault();
+  const section = $("#sample"), form = $("#sample-form"), image = $("#sample-image");
+  const body = formValues(form);
+  if (body.sampler !== "ddim") delete body.eta;
+  const preview = () => form.elements.preview.value;
+  running = new AbortController();
+  $("#sample-button").disabled = true;
+  $("#stop-button").disabled = false;
+  $("#sample-progress").value = 0;
+  image.dataset.final = "false";
+  setState(section, "running", "starting…");
+  try {
+    const response = await fetch("/api/sample/stream", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(body), signal: running.signal,
+    });
+    if (!response.ok) throw new Error(await explain(response));
+    let finished = false;
+    for await (const { event, data } of serverSentEvents(response)) {
+      if (event === "queued") {
+        setState(section, "running", data.ahead ? `waiting: ${data.ahead} job(s) ahead…` : "sampling…");
+      } else if (event === "step") {
+        image.src = data[preview()];
+        image.alt = `step ${data.step} of ${data.steps}: ${preview() === "x0" ? "predicted x0" : "x_t"}`;
+        image.hidden = false;
+        $("#sample-progress").value = data.step / data.steps;
+        setState(section, "running",
+          `step ${data.step}/${data.steps} (t = ${data.t}), ${ms(data.seconds / data.step)} per step`);
+      } else if (event === "done") {
+        image.src = data.image;
+        image.alt = `${data.n} samples, ${data.steps} steps`;
+        image.hidden = false;
+        image.dataset.final = "true";
+        $("#sample-progress").value = 1;
+        finished = true;
+        setState(section, "done", `${data.n} images, ${data.steps} steps in ${data.seconds.toFixed(2)} s ` +
+          `(${ms(data.seconds / data.steps)} per step)`);
+      } else if (event === "error") {
+        throw new Error(data.message);
+      }
+    }
+    if (!finished) throw new Error("the stream ended before the images were done");
+  } catch (error) {
+    if (error.name === "AbortError") setState(section, "idle", "stopped");
+    else setState(section, "error", `error: ${error.message}`);
+  } finally {
+    running = null;
+    $("#sample-button").disabled = false;
+    $("#stop-button").disabled = true;
+  }
+}
+
+function stop() {
+  if (running) running.abort(); // closing the stream cancels the job on the server
+}
+
+function syncEta() {
+  const form = $("#sample-form");
+  form.elements.eta.disabled = form.elements.sampler.value !== "ddim";
+}
+
+// --- Interpolate ----------------------------------------------------------------------------
+let frames = [];
+
+function showFrame() {
+  const slider = $("#frame-slider"), i = Number(slider.value);
+  const weight = frames.length > 1 ? i / (frames.length - 1) : 0;
+  $("#interpolate-image").src = frames[i];
+  $("#interpolate-image").alt = `frame ${i + 1} of ${frames.length}, weight ${weight.toFixed(2)}`;
+  $("#frame-label").textContent = `${i + 1} / ${frames.length} (w = ${weight.toFixed(2)})`;
+  slider.setAttribute("aria-valuetext", `frame ${i + 1} of ${frames.length}`);
+}
+
+async function interpolate(event) {
+  event.preventDefault();
+  const section = $("#interpolate"), button = $("#interpolate-button");
+  button.disabled = true;
+  setState(section, "running", "decoding the path…");
+  try {
+    const response = await fetch("/api/interpolate", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify(formValues($("#interpolate-form"))),
+    });
+    if (!response.ok) throw new Error(await explain(response));
+    const data = await response.json();
+    frames = data.frames;
+    const slider = $("#frame-slider");
+    slider.max = String(frames.length - 1);
+    slider.value = "0";
+    $("#interpolate-view").hidden = false;
+    showFrame();
+    setState(section, "done", `${frames.length} frames, ${data.steps} steps each, ` +
+      `${data.seconds.toFixed(2)} s: move the slider (arrow keys work)`);
+  } catch (error) {
+    setState(section, "error", `error: ${error.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// --- Invert -------------------------------------------------------------------------------
+async function invert(event) {
+  event.preventDefault();
+  const section = $("#invert"), form = $("#invert-form"), button = $("#invert-button");
+  const file = form.elements.image.files[0];
+  if (!file) return setState(section, "error", "choose an image file first");
+  const { steps, spacing } = formValues(form);
+  button.disabled = true;
+  setState(section, "running", "inverting and decoding…");
+  try {
+    const query = new URLSearchParams({ steps, spacing });
+    const response = await fetch(`/api/invert?${query}`, {
+      method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: file,
+    });
+    if (!response.ok) throw new Error(await explain(response));
+    const data = await response.json();
+    $("#invert-input").src = data.input;
+    $("#invert-output").src = data.reconstruction;
+    $("#invert-mse").textContent = data.mse.toExponential(2);
+    $("#invert-view").hidden = false;
+    setState(section, "done", `S = ${data.steps} each way, ${data.seconds.toFixed(2)} s: ` +
+      `per-pixel MSE ${data.mse.toExponential(2)} on [-1, 1]`);
+  } catch (error) {
+    setState(section, "error", `error: ${error.message}`);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// --- Set up from the server's model and limits -----------------------------------------------
+function fillSelect(select, options, chosen) {
+  select.replaceChildren(...options.map((name) => new Option(name, name, name === chosen, name === chosen)));
+}
+
+async function setUp() {
+  const info = await (await fetch("/api/model")).json();
+  const limits = info.limits;
+  $("#model-name").textContent = `${info.name} · ${info.image_shape.join("×")} · T = ${info.num_timesteps}`;
+  for (const select of document.querySelectorAll("select[name=spacing]")) fillSelect(select, info.spacings, "uniform");
+  fillSelect($("#sample-form").elements.sampler, info.samplers, "ddim");
+  for (const input of document.querySelectorAll("input[name=steps]")) input.max = limits.max_steps;
+  const n = $("#sample-form").elements.n;
+  n.max = limits.max_n;
+  n.value = Math.min(Number(n.value), limits.max_n);
+  $("#interpolate-form").elements.frames.max = limits.max_frames;
+  for (const [feature, available] of Object.entries(info.features)) {
+    if (!available) {
+      $(`#${feature}-button`).disabled = true;
+      setState($(`#${feature}`), "error", "not available: this ddim lacks the functions it needs");
+    }
+  }
+}
+
+$("#sample-form").addEventListener("submit", sample);
+$("#stop-button").addEventListener("click", stop);
+$("#sample-form").elements.sampler.addEventListener("change", syncEta);
+$("#interpolate-form").addEventListener("submit", interpolate);
+$("#frame-slider").addEventListener("input", showFrame);
+$("#invert-form").addEventListener("submit", invert);
+for (const section of document.querySelectorAll("section")) section.dataset.state = "idle";
+setUp().catch((error) => setState($("#sample"), "error", `cannot reach the server: ${error.message}`));

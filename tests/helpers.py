@@ -1,0 +1,48 @@
+"""Helpers shared by test modules (importable because pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ddim.cli import main
+
+if TYPE_CHECKING:  # diffusers is imported only by the tests that compare with it
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+PREDICTION_TYPE = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}  # ours → diffusers'
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `ddim ARGV`, whether it returns or exits."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_diffusers(
+    scheduler: DDIMScheduler | DDPMScheduler,
+    net: Callable[[Tensor, Tensor], Tensor],
+    x: Tensor,
+    steps: int | None,
+    **step_kwargs,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """diffusers' own loop: (its timesteps, x after each step (S, *x.shape), x̂_0 at each step)."""
+    if steps is not None:
+        scheduler.set_timesteps(steps)
+    xs, x0s = [], []
+    for k, t in enumerate(scheduler.timesteps):
+        kwargs = dict(step_kwargs)
+        if "variance_noise" in kwargs:  # one pre-drawn noise tensor per step
+            kwargs["variance_noise"] = kwargs["variance_noise"][k]
+        out = scheduler.step(net(x, torch.full((x.shape[0],), int(t), dtype=torch.int64)), t, x, **kwargs)
+        x = out.prev_sample
+        xs.append(x)
+        x0s.append(out.pred_original_sample)
+    return scheduler.timesteps, torch.stack(xs), torch.stack(x0s)

@@ -1,0 +1,59 @@
+"""`ddim serve`: options reach the app, the default address is this machine, bad input is one line."""
+
+import pytest
+import uvicorn
+
+from helpers import run_cli as run
+
+
+@pytest.fixture
+def served(monkeypatch):
+    """Capture what `ddim serve` would hand to uvicorn instead of serving."""
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    return calls
+
+
+def test_serve_binds_to_this_machine_by_default_and_passes_the_limits(capsys, served, tiny_checkpoint):
+    code, out, _ = run(capsys, "serve", "--model", tiny_checkpoint, "--max-n", "3", "--max-upload-kb", "5")
+    assert code == 0
+    assert out == ""  # no warning for 127.0.0.1
+    ((app, kwargs),) = served
+    assert kwargs == {"host": "127.0.0.1", "port": 8000}
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        info = c.get("/api/model").json()
+    assert info["name"] == "tiny.safetensors"
+    assert (info["limits"]["max_n"], info["limits"]["max_upload_bytes"]) == (3, 5120)
+
+
+def test_serving_beyond_this_machine_warns(capsys, served):
+    code, out, _ = run(capsys, "serve", "--model", "toy", "--host", "0.0.0.0", "--port", "0")
+    assert code == 0
+    assert out.startswith("warning: serving on 0.0.0.0: anyone who can reach this machine")
+    assert served[0][1] == {"host": "0.0.0.0", "port": 0}
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--model", "no-such-model"], "not a built-in model: no-such-model"),
+        (["--model", "toy", "--max-n", "0"], "argument --max-n: must be >= 1, got 0"),
+        (["--model", "toy", "--port", "http"], "argument --port: expected an integer, got 'http'"),
+        (["--model", "toy", "--max-frames", "1"], "argument --max-frames: must be >= 2, got 1"),
+    ],
+)
+def test_bad_options_get_one_line(capsys, served, argv, message):
+    code, _, err = run(capsys, "serve", *argv)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert served == []
+
+
+def test_help_has_examples(capsys):
+    code, out, _ = run(capsys, "serve", "--help")
+    assert code == 0
+    assert "examples:" in out
+    assert "127.0.0.1" in out

@@ -1,0 +1,107 @@
+"""The page in a real headless Chromium (Debian's package, driven by Playwright)."""
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import ddim
+from ddim.serve import Limits, create_app
+from serving import live_server, needs_issue4
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+pytestmark = pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
+)
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    """The analytic toy model (32×32 glyphs: never blank when sampled right)."""
+    with live_server(create_app(ddim.load("toy"), Limits(max_n=16, max_steps=50), name="toy")) as base:
+        yield base
+
+
+@pytest.fixture
+def page(url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1000, "height": 1200})
+        page.goto(url)
+        page.wait_for_selector("#model-name:not(:empty)")
+        yield page
+        browser.close()
+
+
+def not_blank(png: bytes) -> np.ndarray:
+    """The screenshot as grey pixels, after checking that it shows more than one flat colour."""
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
+    assert pixels.std() > 20, f"blank image: std {pixels.std():.1f}"
+    assert (pixels > 128).mean() > 0.02
+    assert (pixels < 128).mean() > 0.02
+    return pixels
+
+
+def test_press_sample_watch_it_denoise_and_get_the_final_images(page, tmp_path):
+    form = page.locator("#sample-form")
+    form.locator("input[name=steps]").fill("40")
+    form.locator("input[name=n]").fill("4")
+    page.click("#sample-button")
+    page.wait_for_selector("#sample[data-state=running]")
+    page.wait_for_selector("#sample-image[data-final=true]", timeout=60_000)
+    status = page.inner_text("#sample-status")
+    assert status.startswith("4 images, 40 steps in ")
+    assert "per step" in status
+    assert page.get_attribute("#sample", "data-state") == "done"
+    not_blank(page.locator("#sample-image").screenshot(path=tmp_path / "sample-image.png"))
+    page.screenshot(path=tmp_path / "page.png", full_page=True)
+    assert (tmp_path / "page.png").stat().st_size > 0
+
+
+def test_bad_input_is_shown_not_thrown(page):
+    page.locator("#sample-form input[name=n]").fill("17")  # over max_n
+    page.evaluate("document.querySelector('#sample-form').noValidate = true")  # let the server judge
+    page.click("#sample-button")
+    page.wait_for_selector("#sample[data-state=error]")
+    assert page.inner_text("#sample-status") == "error: n: Input should be less than or equal to 16"
+
+
+@needs_issue4
+def test_interpolation_slider_by_keyboard(page, tmp_path):
+    form = page.locator("#interpolate-form")
+    form.locator("input[name=frames]").fill("5")
+    form.locator("input[name=steps]").press("Enter")  # submit from the keyboard
+    page.wait_for_selector("#interpolate[data-state=done]", timeout=60_000)
+    first = page.get_attribute("#interpolate-image", "src")
+    not_blank(page.locator("#interpolate-image").screenshot(path=tmp_path / "frame-1.png"))
+    slider = page.locator("#frame-slider")
+    slider.focus()
+    for _ in range(4):
+        page.keyboard.press("ArrowRight")
+    assert page.inner_text("#frame-label") == "5 / 5 (w = 1.00)"
+    assert page.get_attribute("#interpolate-image", "src") != first
+    not_blank(page.locator("#interpolate-image").screenshot(path=tmp_path / "frame-5.png"))
+
+
+def test_readable_on_a_phone(url):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 375, "height": 740}, device_scale_factor=2, is_mobile=True)
+        page.goto(url)
+        page.wait_for_selector("#model-name:not(:empty)")
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        font = page.evaluate("parseFloat(getComputedStyle(document.querySelector('label')).fontSize)")
+        button = page.locator("#sample-button").bounding_box()
+        browser.close()
+    assert overflow <= 0  # nothing wider than the screen
+    assert font >= 12
+    assert button["height"] >= 40  # a finger-sized target
