@@ -25,7 +25,7 @@ browser:
 		|| echo "note: could not install chromium; the browser tests will be skipped"
 
 sample: $(STAMP)
-	$(BIN)/ddim sample --n 16 --steps 50 --eta 0 --seed 0 --out samples.png
+	$(BIN)/ddim sample -n 16 --steps 50 --eta 0 --seed 0 --out samples.png
 
 test: $(STAMP) lint browser
 	$(BIN)/python -m pytest -q

@@ -80,7 +80,11 @@ def test_info_describes_a_checkpoint(capsys, tiny_checkpoint):
     assert report["parameters"] == sum(p.numel() for p in ddim.load(tiny_checkpoint).net.parameters())
     assert report["format_version"] == 1
     assert report["schedule"].startswith("T=100")
-    code, out, _ = run(capsys, "info")
+    code, out, _ = run(capsys, "info")  # the default model: the shipped MNIST U-Net
+    assert code == 0
+    assert "built-in" in out
+    assert "2734945" in out
+    code, out, _ = run(capsys, "info", "toy")
     assert "gaussian-mixture" in out
 
 

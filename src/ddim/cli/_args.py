@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import torch
 
-DEFAULT_MODEL = "toy"
+DEFAULT_MODEL = "mnist"  # the shipped model (docs/models/mnist.md)
 
 
 class Parser(argparse.ArgumentParser):
