@@ -53,9 +53,19 @@ def test_press_sample_watch_it_denoise_and_get_the_final_images(page, tmp_path):
     form = page.locator("#sample-form")
     form.locator("input[name=steps]").fill("40")
     form.locator("input[name=n]").fill("4")
+    # record every state and image the section goes through: a fast machine finishes in
+    # milliseconds, too quick to catch "running" by polling for it
+    page.evaluate("""() => {
+      const section = document.querySelector('#sample'), image = document.querySelector('#sample-image');
+      window.seen = [];
+      new MutationObserver(() => window.seen.push([section.dataset.state, image.alt]))
+        .observe(section, {attributes: true, subtree: true});
+    }""")
     page.click("#sample-button")
-    page.wait_for_selector("#sample[data-state=running]")
     page.wait_for_selector("#sample-image[data-final=true]", timeout=60_000)
+    seen = page.evaluate("window.seen")
+    assert any(state == "running" for state, _ in seen)
+    assert any(alt.startswith("step ") for _, alt in seen)  # previews were shown while it denoised
     status = page.inner_text("#sample-status")
     assert status.startswith("4 images, 40 steps in ")
     assert "per step" in status
