@@ -9,18 +9,9 @@ import pytest
 
 import ddim
 from ddim import evaluate as sweep
-from ddim.cli import main
 from ddim.data import load_images
 from ddim.metrics import extractors, feature_stats, frechet_distance, load_extractor
-
-
-def run(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from helpers import run_cli
 
 
 @pytest.fixture
@@ -43,7 +34,9 @@ def read_cells(out_dir):
 def test_sweep_writes_table_files_and_plot(capsys, setup):
     tmp_path, common = setup
     out = tmp_path / "ev"
-    code, stdout, err = run(capsys, "evaluate", *common, "--steps", "2,4", "--eta", "0,1,hat", "--out", out)
+    code, stdout, err = run_cli(
+        capsys, "evaluate", *common, "--steps", "2,4", "--eta", "0,1,hat", "--out", out
+    )
     assert code == 0, err
     header, row2, row4 = stdout.split("FID  S \\ η")[1].splitlines()[:3]
     assert header.split() == ["0", "1", "σ̂"]
@@ -71,7 +64,9 @@ def test_sweep_writes_table_files_and_plot(capsys, setup):
 def test_a_cell_equals_the_library_computation(capsys, setup, tiny_checkpoint, make_extractor):
     """FID of the σ̂ cell = FID of `ddim.sample(sampler="ddpm-large", seed=5)` against the reference."""
     tmp_path, common = setup
-    code, _, err = run(capsys, "evaluate", *common, "--steps", "3", "--eta", "hat", "--out", tmp_path / "ev")
+    code, _, err = run_cli(
+        capsys, "evaluate", *common, "--steps", "3", "--eta", "hat", "--out", tmp_path / "ev"
+    )
     assert code == 0, err
     (cell,) = read_cells(tmp_path / "ev")
     extractor = make_extractor("tiny")
@@ -84,7 +79,7 @@ def test_a_cell_equals_the_library_computation(capsys, setup, tiny_checkpoint, m
 def test_interrupted_sweep_resumes_and_single_cells_rerun_alone(capsys, setup, monkeypatch):
     tmp_path, common = setup
     grid = ["--steps", "2,3", "--eta", "0,hat"]
-    code, _, err = run(capsys, "evaluate", *common, *grid, "--out", tmp_path / "full")
+    code, _, err = run_cli(capsys, "evaluate", *common, *grid, "--out", tmp_path / "full")
     assert code == 0, err
     full = {(c["steps"], c["eta"]): c for c in read_cells(tmp_path / "full")}
 
@@ -99,11 +94,11 @@ def test_interrupted_sweep_resumes_and_single_cells_rerun_alone(capsys, setup, m
 
     with monkeypatch.context() as m:
         m.setattr(sweep, "evaluate_cell", interrupt_third)
-        code, _, err = run(capsys, "evaluate", *common, *grid, "--out", tmp_path / "part")
+        code, _, err = run_cli(capsys, "evaluate", *common, *grid, "--out", tmp_path / "part")
         assert code == 130, err
         assert len(read_cells(tmp_path / "part")) == 2
         calls.clear()
-        code, _, err = run(capsys, "evaluate", *common, *grid, "--out", tmp_path / "part")
+        code, _, err = run_cli(capsys, "evaluate", *common, *grid, "--out", tmp_path / "part")
         assert code == 0, err
         assert calls == [(3, 0.0), (3, "hat")]  # only the cells left over
     resumed = {(c["steps"], c["eta"]): c for c in read_cells(tmp_path / "part")}
@@ -113,7 +108,7 @@ def test_interrupted_sweep_resumes_and_single_cells_rerun_alone(capsys, setup, m
     # one cell alone, from its remembered seed, in a fresh folder: the same number
     cell = full[(3, "hat")]
     args = [*common[:-2], "--seed", cell["seed"], "--steps", "3", "--eta", "hat", "--out", tmp_path / "one"]
-    code, _, err = run(capsys, "evaluate", *args)
+    code, _, err = run_cli(capsys, "evaluate", *args)
     assert code == 0, err
     (alone,) = read_cells(tmp_path / "one")
     assert alone["fid"] == pytest.approx(cell["fid"], rel=1e-6)
@@ -122,15 +117,15 @@ def test_interrupted_sweep_resumes_and_single_cells_rerun_alone(capsys, setup, m
 def test_results_of_another_model_are_not_mixed(capsys, setup, make_tiny_model):
     tmp_path, common = setup
     out = tmp_path / "ev"
-    assert run(capsys, "evaluate", *common, "--steps", "2", "--eta", "0", "--out", out)[0] == 0
+    assert run_cli(capsys, "evaluate", *common, "--steps", "2", "--eta", "0", "--out", out)[0] == 0
     ckpt = ddim.save(make_tiny_model(seed=1), tmp_path / "other.safetensors")
     args = [*common[2:], "--model", ckpt, "--steps", "2", "--eta", "0", "--out", out]
-    code, _, err = run(capsys, "evaluate", *args)
+    code, _, err = run_cli(capsys, "evaluate", *args)
     assert code == 2
     assert "another model" in err
     assert "--overwrite" in err
     assert len(err.strip().splitlines()) == 1
-    assert run(capsys, "evaluate", *args, "--overwrite")[0] == 0
+    assert run_cli(capsys, "evaluate", *args, "--overwrite")[0] == 0
 
 
 @pytest.mark.parametrize(
@@ -144,7 +139,7 @@ def test_results_of_another_model_are_not_mixed(capsys, setup, make_tiny_model):
 )
 def test_bad_options_get_one_line_errors(capsys, setup, argv, message):
     tmp_path, common = setup
-    code, _, err = run(capsys, "evaluate", *common, *argv, "--out", tmp_path / "bad")
+    code, _, err = run_cli(capsys, "evaluate", *common, *argv, "--out", tmp_path / "bad")
     assert code == 2
     assert message in err
     assert len(err.strip().splitlines()) == 1
@@ -152,7 +147,7 @@ def test_bad_options_get_one_line_errors(capsys, setup, argv, message):
 
 def test_dry_run_counts_network_evaluations(capsys, setup):
     _tmp_path, common = setup
-    code, out, _ = run(capsys, "evaluate", *common, "--steps", "10,100", "--eta", "0,hat", "--dry-run")
+    code, out, _ = run_cli(capsys, "evaluate", *common, "--steps", "10,100", "--eta", "0,hat", "--dry-run")
     assert code == 0
     assert json.loads(out)["network_evaluations"] == 24 * (10 + 100) * 2
 

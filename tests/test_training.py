@@ -16,10 +16,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import ddim
-from ddim.cli import main
 from ddim.models.unet import UNet
 from ddim.train_config import TrainConfig, apply_assignments, load_toml, to_toml
 from ddim.training import TrainingError, batch_indices, diffusion_loss, ema_update, train
+from helpers import run_cli
 
 TINY_NET = {"resolution": 8, "in_channels": 1, "out_channels": 1, "ch": 8, "ch_mult": [1, 2],
             "num_res_blocks": 1, "attn_resolutions": [4], "dropout": 0.1, "norm_groups": 4}  # fmt: skip
@@ -157,14 +157,6 @@ def test_config_files_flags_and_toml_round_trip(tmp_path):
         TrainConfig(ema_decay=1.0)
     with pytest.raises(ValueError, match=r"unet\.ch"):
         TrainConfig.from_dict({"net": {"ch": 7}})
-
-
-def run_cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:
-        code = e.code
-    return code, *capsys.readouterr()
 
 
 def test_cli_refuses_bad_runs_in_one_line(tmp_path, dataset, capsys):
