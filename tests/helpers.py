@@ -46,3 +46,13 @@ def run_diffusers(
         xs.append(x)
         x0s.append(out.pred_original_sample)
     return scheduler.timesteps, torch.stack(xs), torch.stack(x0s)
+
+
+def perturb_vectors(net: torch.nn.Module) -> torch.nn.Module:
+    """Move every 1-D parameter (biases, GroupNorm scales and shifts, which start at 0 and 1) by
+    0.1·N(0, 1), so that a mapping that swaps or drops them cannot pass an equality test."""
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return net

@@ -33,7 +33,7 @@ from ddim.checkpoint import CheckpointError
 from ddim.convert.diffusers import config_from_diffusers
 from ddim.convert.official import KNOWN
 from ddim.models.unet import UNetConfig
-from helpers import PREDICTION_TYPE, run_cli, run_diffusers
+from helpers import PREDICTION_TYPE, perturb_vectors, run_cli, run_diffusers
 
 # google/ddpm-cifar10-32 config.json (huggingface.co/google/ddpm-cifar10-32), diffusers 0.42 fields
 DDPM_CIFAR10_32 = {
@@ -64,11 +64,7 @@ TRAJECTORY_RTOL = {"eps": 1e-5, "v": 1e-5, "x0": 5e-5}  # per step
 def unet2d(config: dict, seed: int = 0) -> UNet2DModel:
     torch.manual_seed(seed)
     net = UNet2DModel(**{k: v for k, v in config.items() if not k.startswith("_")}).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.ndim == 1:  # GroupNorm scales and shifts start at 1 and 0
-                p.add_(0.1 * torch.randn_like(p))
-    return net
+    return perturb_vectors(net)
 
 
 def rel_err(ours: torch.Tensor, theirs: torch.Tensor) -> float:

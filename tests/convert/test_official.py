@@ -20,7 +20,7 @@ from ddim.checkpoint import CheckpointError
 from ddim.convert import import_model
 from ddim.convert.official import KNOWN, infer_config
 from ddim.models.unet import UNet, UNetConfig
-from helpers import run_cli
+from helpers import perturb_vectors, run_cli
 
 # small, but with the official GroupNorm(32): ch a multiple of 32
 TINY = UNetConfig(resolution=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
@@ -29,11 +29,7 @@ TINY = UNetConfig(resolution=8, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_re
 def random_unet(config: UNetConfig, seed: int = 0) -> UNet:
     torch.manual_seed(seed)
     net = UNet(config).eval()
-    with torch.no_grad():
-        for p in net.parameters():
-            if p.ndim == 1:  # GroupNorm scales and shifts start at 1 and 0
-                p.add_(0.1 * torch.randn_like(p))
-    return net
+    return perturb_vectors(net)
 
 
 def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
