@@ -3,9 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from benchmarks.guidance import class_accuracy, edit_trials, guidance_grid
 from PIL import Image
 
 import ddim
+from ddim.metrics import load_extractor
 from ddim.models import Model
 from ddim.schedule import NoiseSchedule, timesteps
 from ddim.toy import MixtureDenoiser, gaussian_gain, glyphs, toy_model
@@ -152,3 +154,21 @@ def test_cli_edit_on_an_unconditional_model(capsys, files, tiny_checkpoint):
     assert code == 2
     assert "--to-class needs a class-conditional model" in err
     assert err.count("\n") == 1
+
+
+def test_guidance_benchmark_runs_on_a_tiny_model(tmp_path, make_tiny_model):
+    """benchmarks/guidance.py end to end on a random 28×28 conditional U-Net (its figures mean nothing)."""
+    tiny = make_tiny_model(num_classes=10, resolution=28, ch_mult=(1, 2), attn_resolutions=())
+    model = Model(tiny.net, tiny.schedule, (1, 28, 28))
+    classifier = load_extractor("mnist").net.eval()
+    shares = class_accuracy(model, classifier, n=1, steps=1, guidance=2)
+    assert len(shares) == 10
+    assert all(s in (0.0, 1.0) for s in shares)
+    x0 = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    result = edit_trials(model, classifier, x0, torch.tensor([3, 9, 0]), steps=2, guidance=2, strength=0.5)
+    assert (result.method, result.n) == ("sdedit 0.5", 3)
+    assert 0 <= result.success <= 1
+    assert result.distance_edit > 0
+    guidance_grid(model, tmp_path / "g.png", [0, 2], per_cell=2, steps=1)
+    with Image.open(tmp_path / "g.png") as im:
+        assert im.size == (4 * 56 + 5 * 2, 10 * 56 + 11 * 2)  # 2 w × 2 samples a row, 28 px shown at 2×

@@ -257,3 +257,12 @@ def test_cli_class_on_an_unconditional_model(capsys, tiny_checkpoint):
     assert code == 2
     assert "classes were given but the model is unconditional" in err
     assert err.count("\n") == 1
+
+
+def test_cli_info_names_the_classes(capsys, glyph_checkpoint, tiny_checkpoint):
+    code, out, err = run_cli(capsys, "info", glyph_checkpoint, "--json")
+    assert code == 0, err
+    assert json.loads(out)["classes"] == list(GLYPH_NAMES)
+    code, out, err = run_cli(capsys, "info", tiny_checkpoint)
+    assert code == 0, err
+    assert "classes" not in out
