@@ -42,7 +42,9 @@ def class_labels(model: Model, classes: Classes, n: int) -> Tensor:
 
     A string is a class name of the model, else a decimal index; indices are in [0, num_classes).
     """
-    k = model.num_classes if isinstance(model, Model) else None
+    if not isinstance(model, Model):
+        raise ValueError("classes need a class-conditional ddim Model (a plain callable has no classes)")
+    k = model.num_classes
     if k is None:
         raise ValueError("classes were given but the model is unconditional (it was trained without classes)")
     if isinstance(classes, Tensor):
