@@ -94,3 +94,23 @@ def test_mixture_arguments_are_validated():
         MixtureDenoiser(SCHEDULE, torch.zeros(2, 3), 0.1, torch.tensor([1.0, 0.0]))
     with pytest.raises(ValueError, match="unknown prediction"):
         MixtureDenoiser(SCHEDULE, torch.zeros(2, 3), 0.1, prediction="score")
+
+
+def test_conditional_mixture_is_each_component_alone_and_the_null_class_the_mixture():
+    means = torch.tensor([[-1.0, 0.5], [0.8, -0.2], [0.3, 1.2]], dtype=torch.float64)
+    stds, weights = torch.tensor([0.2, 0.4, 0.3]), torch.tensor([0.5, 0.2, 0.3])
+    net = MixtureDenoiser(SCHEDULE, means, stds, weights, prediction="v", conditional=True)
+    unconditional = MixtureDenoiser(SCHEDULE, means, stds, weights, prediction="v")
+    x_t, t = torch.randn(6, 2, dtype=torch.float64), torch.tensor([10, 200, 500, 800, 999, 0])
+    y = torch.tensor([0, 1, 2, 3, 3, 1])
+    out = net(x_t, t, y)
+    for i, k in enumerate(y.tolist()):
+        alone = (
+            MixtureDenoiser(SCHEDULE, means[k : k + 1], stds[k], prediction="v") if k < 3 else unconditional
+        )
+        torch.testing.assert_close(out[i], alone(x_t[i : i + 1], t[i : i + 1])[0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(net(x_t, t), unconditional(x_t, t), rtol=0, atol=0)
+    assert net.config.num_classes == 3
+    assert unconditional.config.num_classes is None
+    with pytest.raises(ValueError, match="unconditional"):
+        unconditional(x_t, t, y)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ddim.guidance import Classes, conditioning, guided
 from ddim.models import Model
 from ddim.sampling import (
     Precision,
@@ -84,16 +85,20 @@ def invert(
     progress: bool = False,
     device: str | torch.device | None = None,
     precision: Precision = "fp32",
+    classes: Classes | None = None,
+    guidance: float | None = None,
 ) -> Tensor:
     """The DDIM latents x_T of images x0 (N, *shape) in [-1, 1]: float32 (N, *shape) on the CPU.
 
     The η = 0 update (eq. 12) run upward over 0, τ_1, …, τ_S, ε̂ evaluated where each step
     starts. `steps`/`spacing`/`timesteps` name the sampling sub-sequence exactly as `sample`
     does; `sample(model, noise=x_T, ...)` with the same sub-sequence decodes the latents.
+    classes, guidance: as in `sample`, for a class-conditional model (default: its null class).
     """
     check_images(x0, model)
     target = _resolve(model, x0, None, schedule, device)
     _check_options("ddim", 0.0, False, batch_size, precision)
+    labels, w = conditioning(model, classes, guidance, x0.shape[0])
     path = upward_sequence(_sub_sequence(target.schedule.num_timesteps, steps, spacing, timesteps))
     if len(path) == 1:  # S = 1 from t = 0: the latent is the image itself
         return x0.float().cpu().clone()
@@ -104,7 +109,8 @@ def invert(
     with torch.no_grad(), _eval_mode(net), bar:
         for start in range(0, x0.shape[0], batch_size):
             x = x0[start : start + batch_size].to(device=target.device, dtype=torch.float32)
-            x = denoise(net, x, schedule, path, prediction=prediction, precision=precision)  # (B, *shape)
+            eps = net if labels is None else guided(net, labels[start : start + batch_size], w)
+            x = denoise(eps, x, schedule, path, prediction=prediction, precision=precision)  # (B, *shape)
             latents.append(x.float().cpu())
             bar.update(x.shape[0])
     return torch.cat(latents)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Literal, get_args
 
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ddim.guidance import Classes, conditioning, dynamic_thresholding, guided
 from ddim.models import Model
 from ddim.models.parameterization import Prediction, eps_from_x0, to_x0_eps
 from ddim.rng import seeded_generator
@@ -184,6 +185,9 @@ def sample(
     return_trajectory: bool = False,
     start_index: int = 0,
     on_step: Callable[[StepInfo], None] | None = None,
+    classes: Classes | None = None,
+    guidance: float | None = None,
+    dynamic_threshold: float | None = None,
 ) -> Tensor | tuple[Tensor, Trajectory]:
     """Draw n samples, (n, *shape) float32 on the CPU, in the data range ([-1, 1] for images).
 
@@ -198,9 +202,15 @@ def sample(
     of a larger run gives the same images as the whole run).
     on_step: called after every step of every batch with its `StepInfo` (x_t' and x̂_0 of the
     batch, on the sampling device); an exception it raises stops sampling and propagates.
+    classes: for a class-conditional model, one class (index or name) for all n samples or one
+    per sample; without it a conditional model samples unconditionally (its null class).
+    guidance: the classifier-free guidance weight w ∈ [0, 20] (default 1: plain conditional), see
+    `ddim.guidance`. dynamic_threshold: a percentile p ∈ (0, 1] of Imagen's dynamic thresholding
+    of x̂_0 (e.g. 0.995, for high guidance).
     """
     target = _resolve(model, noise, shape, schedule, device)
     n = _check_n(n, noise)
+    labels, w = conditioning(model, classes, guidance, n)
     eta, clip = _check_options(sampler, eta, clip, batch_size, precision)
     T = target.schedule.num_timesteps
     seq = _sub_sequence(T, steps, spacing, timesteps)
@@ -217,7 +227,11 @@ def sample(
         for idx in chunks:
             x_T = _initial_noise(noise, idx, seed, target, start_index)
             gens = [sample_generator(seed, start_index + i, _STEP_NOISE_STREAM) for i in idx]
-            x, record = _sample_chunk(target, x_T, ts, gens, options, bar, return_trajectory)
+            net = target.net if labels is None else guided(target.net, labels[idx.start : idx.stop], w)
+            if dynamic_threshold is not None:
+                net = dynamic_thresholding(net, target.schedule, target.prediction, dynamic_threshold)
+            chunk = replace(target, net=net)
+            x, record = _sample_chunk(chunk, x_T, ts, gens, options, bar, return_trajectory)
             outputs.append(x.float().cpu())
             records.append((x_T.cpu(), record))
     x = torch.cat(outputs)

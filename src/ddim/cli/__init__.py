@@ -14,6 +14,7 @@ from ddim.checkpoint import CheckpointError
 from ddim.cli import (
     consistency,
     convert,
+    edit,
     evaluate,
     info,
     interpolate,
@@ -26,7 +27,9 @@ from ddim.cli import (
 from ddim.cli._args import Parser
 from ddim.training import TrainingError
 
-SUBCOMMANDS = (sample, invert, reconstruct, interpolate, consistency, train, evaluate, info, convert, serve)
+SUBCOMMANDS = (
+    sample, invert, reconstruct, interpolate, edit, consistency, train, evaluate, info, convert, serve,
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import torch
 
+from ddim.guidance import MAX_GUIDANCE
+
 DEFAULT_MODEL = "mnist"  # the shipped model (docs/models/mnist.md)
 
 
@@ -38,6 +40,26 @@ def eta_arg(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
+
+
+def guidance_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number in [0, {MAX_GUIDANCE:g}], got {text!r}"
+        ) from None
+    if not 0.0 <= value <= MAX_GUIDANCE:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_GUIDANCE:g}], got {text}")
+    return value
+
+
+def class_list(text: str) -> list[str]:
+    """`7`, `0,1,2` or class names `cat,dog`: resolved against the model later."""
+    items = [s.strip() for s in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"expected a class or comma-separated classes, got {text!r}")
+    return items
 
 
 def int_list(text: str) -> list[int]:

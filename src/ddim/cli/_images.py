@@ -45,6 +45,7 @@ def add_image_options(
     """--images PATH, --key, --limit, --fit: where the real images come from."""
     p.add_argument(
         "--images",
+        "--image",
         type=Path,
         required=required,
         nargs=nargs,

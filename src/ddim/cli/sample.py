@@ -12,8 +12,17 @@ from torch import Tensor
 
 from ddim import distributed
 from ddim.checkpoint import load
-from ddim.cli._args import DEFAULT_MODEL, device_arg, eta_arg, int_at_least, int_list
+from ddim.cli._args import (
+    DEFAULT_MODEL,
+    class_list,
+    device_arg,
+    eta_arg,
+    guidance_arg,
+    int_at_least,
+    int_list,
+)
 from ddim.cli._images import read_latents
+from ddim.guidance import conditioning
 from ddim.io import save_samples, save_trajectory_gif
 from ddim.sampling import PRECISIONS, SAMPLERS, sample
 from ddim.schedule import SPACINGS, custom_timesteps, timesteps
@@ -25,6 +34,7 @@ SAMPLE_EXAMPLES = """examples:
   ddim sample --n 1000 --out-dir samples/ --npz samples.npz --quiet
   ddim sample --steps 20 --trajectory traj.gif  watch x_t and the predicted x0 denoise
   ddim sample --latents latents.npz             decode the latents of `ddim invert`
+  ddim sample --model cond.safetensors --class 0,1,2,3 --guidance 2   classifier-free guidance
 """
 
 
@@ -92,6 +102,27 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--npz", type=Path, default=None, help="write an .npz: images (uint8 NHWC) and x (float32 NCHW)"
     )
     p.add_argument("--nrow", type=int_at_least(1), default=None, help="grid columns (default: about √n)")
+    p.add_argument(
+        "--class",
+        dest="classes",
+        type=class_list,
+        default=None,
+        help="class-conditional models: one class for all samples or one per sample, by index or "
+        "name (e.g. 7 or 0,1,2; default: unconditional)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=guidance_arg,
+        default=None,
+        help="classifier-free guidance weight w in [0, 20]: 0 unconditional, 1 conditional (default: 1)",
+    )
+    p.add_argument(
+        "--dynamic-threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="Imagen's dynamic thresholding of x̂0 at percentile P in (0, 1], e.g. 0.995 (default: off)",
+    )
     p.add_argument("--trajectory", type=Path, default=None, help="GIF of x_t and x̂0 over the steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
@@ -113,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         seq = custom_timesteps(T, stored)  # decode with the sub-sequence the latents were inverted with
     else:
         seq = timesteps(T, 50 if args.steps is None else args.steps, args.spacing)
-    n = _count(args.n, latents)
+    n = _count(args.n, latents, args.classes)
+    labels, w = conditioning(model, args.classes, args.guidance, n)  # checked before any sampling
     out = args.out if args.out is not None or args.out_dir or args.npz else Path("samples.png")
     main = distributed.is_main()
     settings = {
@@ -121,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
         "sampler": args.sampler, "eta": args.eta, "steps": len(seq), "seed": args.seed,
         "device": str(device), "precision": args.precision, "processes": distributed.world_size(),
     }  # fmt: skip
+    if labels is not None:
+        settings |= {"classes": labels.tolist(), "guidance": w}
     if args.dry_run:
         if main:
             print(json.dumps({**settings, "timesteps": seq.tolist()}, indent=2))
@@ -139,7 +173,8 @@ def run(args: argparse.Namespace) -> int:
             steps=len(seq), timesteps=seq, eta=args.eta, sampler=args.sampler,
             seed=args.seed, clip=args.clip, batch_size=args.batch_size, progress=main and not args.quiet,
             device=device, precision=args.precision, return_trajectory=args.trajectory is not None,
-            start_index=shard.start,
+            start_index=shard.start, dynamic_threshold=args.dynamic_threshold, guidance=args.guidance,
+            classes=None if labels is None else labels[shard.start : shard.stop],
         )  # fmt: skip
         x, trajectory = result if isinstance(result, tuple) else (result, None)
     written = save_samples(x, out_dir=args.out_dir, first_index=shard.start) if args.out_dir else []
@@ -158,10 +193,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count(n: int | None, latents: Tensor | None) -> int:
-    """--n: 16 by default; with --latents, all of them or the first n."""
+def _count(n: int | None, latents: Tensor | None, classes: list[str] | None) -> int:
+    """--n: 16 by default, or one per class of a --class list; with --latents, all or the first n."""
     if latents is None:
-        return 16 if n is None else n
+        return n if n is not None else len(classes) if classes and len(classes) > 1 else 16
     if n is not None and n > len(latents):
         raise ValueError(f"--n {n} asks for more samples than the {len(latents)} latents given")
     return len(latents) if n is None else n
