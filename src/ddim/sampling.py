@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ddim.execution import Net, prepare
 from ddim.models import Model
 from ddim.models.parameterization import Prediction, eps_from_x0, to_x0_eps
 from ddim.rng import seeded_generator
@@ -157,6 +158,7 @@ class _Target:
     """A model resolved to what the loop needs."""
 
     net: Callable[[Tensor, Tensor], Tensor]
+    call: Net  # net as the loop calls it: `execution.prepare`d
     schedule: NoiseSchedule
     prediction: Prediction
     shape: tuple[int, ...]
@@ -181,6 +183,8 @@ def sample(
     progress: bool = False,
     device: str | torch.device | None = None,
     precision: Precision = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
     return_trajectory: bool = False,
     start_index: int = 0,
     on_step: Callable[[StepInfo], None] | None = None,
@@ -196,10 +200,12 @@ def sample(
     directly. A `Model`'s net is moved to `device` (default: where its parameters are).
     start_index: draw samples start_index … start_index + n − 1 of the seed's sequence (a shard
     of a larger run gives the same images as the whole run).
+    channels_last, compile: run the network in channels-last memory, torch.compile it
+    (`ddim.execution.prepare`: the compiled code is kept for the process).
     on_step: called after every step of every batch with its `StepInfo` (x_t' and x̂_0 of the
     batch, on the sampling device); an exception it raises stops sampling and propagates.
     """
-    target = _resolve(model, noise, shape, schedule, device)
+    target = _resolve(model, noise, shape, schedule, device, channels_last=channels_last, compile=compile)
     n = _check_n(n, noise)
     eta, clip = _check_options(sampler, eta, clip, batch_size, precision)
     T = target.schedule.num_timesteps
@@ -257,7 +263,7 @@ def _sample_chunk(
             opts.on_step(info)
 
     x = denoise(
-        target.net, x_T, target.schedule, ts, prediction=target.prediction, sampler=opts.sampler,
+        target.call, x_T, target.schedule, ts, prediction=target.prediction, sampler=opts.sampler,
         eta=opts.eta, clip=opts.clip, step_noise=lambda: _draw(gens, x_T),
         precision=opts.precision, on_step=on_step,
     )  # fmt: skip
@@ -290,6 +296,9 @@ def _resolve(
     shape: Sequence[int] | None,
     schedule: NoiseSchedule | None,
     device: str | torch.device | None,
+    *,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> _Target:
     if isinstance(model, Model):
         if schedule is not None and schedule is not model.schedule:
@@ -325,7 +334,10 @@ def _resolve(
             f"model must be a ddim Model or a callable eps_fn(x_t, t), got {type(model).__name__}"
         )
     sample_shape = _check_shape(noise, shape, want)
-    return _Target(net, schedule, prediction, sample_shape, dev)
+    if channels_last and len(sample_shape) != 3:
+        raise ValueError(f"channels_last is for images (C, H, W), got samples of shape {sample_shape}")
+    call = prepare(net, channels_last=channels_last, compile=compile)
+    return _Target(net, call, schedule, prediction, sample_shape, dev)
 
 
 def _check_shape(
