@@ -150,56 +150,71 @@ def bench_model(spec: str, variants: dict[str, dict], args: argparse.Namespace, 
     x = seeded_latents(model.image_shape, 0, range(B)).to(device)  # (B, C, H, W): x_T of every run
     t = torch.full((B,), model.schedule.num_timesteps // 2, device=device)
     flops = flops_per_image(model, (x, t))
-    copies = {name: copy_model(model) for name in variants}
-    nets = {name: prepare(copies[name].net, **_net_options(o)) for name, o in variants.items()}
-
-    def evaluate(name: str) -> None:
-        with torch.no_grad(), _autocast(device, variants[name]["precision"]):
-            nets[name](x, t)
-
-    def draw(name: str, steps: int) -> torch.Tensor:
-        return ddim.sample(copies[name], noise=x, steps=steps, eta=0.0, device=device, **variants[name])
-
-    reference = {S: ddim.sample(model, noise=x, steps=S, eta=0.0, device=device) for S in args.steps}
-    warmup = {name: timed(lambda name=name: (evaluate(name), draw(name, 2))) for name in variants}
-    errors = {(name, S): _errors(draw(name, S), reference[S]) for name in variants for S in args.steps}
-    evals: dict[str, list[float]] = {name: [] for name in variants}
-    samples: dict[tuple[str, int], list[float]] = {(name, S): [] for name in variants for S in args.steps}
-    for r in range(args.repeats):
-        for name in variants if r % 2 == 0 else reversed(variants):
-            evals[name].append(timed(lambda name=name: evaluate(name)))
-            for S in args.steps:
-                samples[name, S].append(timed(lambda name=name, S=S: draw(name, S)))
-    memory = {}
-    for name in variants:
-        reset_peak_memory(device)
-        draw(name, max(args.steps))
-        memory[name] = peak_memory_mb(device)
-
-    rows = []
+    m = _measure(model, variants, x, t, args.steps, args.repeats, timed)
+    if "fp32" in variants:  # eager fp32 is the reference of the samples' errors
+        reference = {S: m["outputs"]["fp32", S] for S in args.steps}
+    else:
+        reference = {S: ddim.sample(model, noise=x, steps=S, eta=0.0, device=device) for S in args.steps}
     base = "fp32" if "fp32" in variants else None
+    rows = []
     for name, options in variants.items():
-        ms = statistics.median(evals[name]) / B * 1e3
+        evals = m["evals"][name]
+        ms = statistics.median(evals) / B * 1e3
         gflops = flops / (ms / 1e3) / 1e9
         peak = peaks.get(options["precision"], {}).get("gflops")
         row = {
-            "variant": name, **options, "warmup_seconds": warmup[name],
-            "ms_per_image": ms, "ms_per_image_all": [s / B * 1e3 for s in evals[name]],
+            "variant": name, **options, "warmup_seconds": m["warmup"][name],
+            "ms_per_image": ms, "ms_per_image_all": [s / B * 1e3 for s in evals],
             "gflops": gflops, "fraction_of_peak": gflops / peak if peak else None,
-            "speedup_vs_fp32": _speedup(evals, base, name), "peak_memory_mb": memory[name], "sampling": [],
+            "speedup_vs_fp32": _speedup(m["evals"], base, name), "peak_memory_mb": m["memory"][name],
         }  # fmt: skip
+        row["sampling"] = []
         for S in args.steps:
-            median = statistics.median(samples[name, S])
+            runs = m["samples"][name, S]
+            median = statistics.median(runs)
             row["sampling"].append({
-                "steps": S, "seconds": median, "seconds_all": samples[name, S], "images_per_s": B / median,
-                "overhead": median / (S * statistics.median(evals[name])),
-                "speedup_vs_fp32": _speedup(samples, base and (base, S), (name, S)), **errors[name, S],
+                "steps": S, "seconds": median, "seconds_all": runs, "images_per_s": B / median,
+                "overhead": median / (S * statistics.median(evals)),
+                "speedup_vs_fp32": _speedup(m["samples"], base and (base, S), (name, S)),
+                **_errors(m["outputs"][name, S], reference[S]),
             })  # fmt: skip
         rows.append(row)
     return {
         "model": label, "parameters": model.num_parameters, "image_shape": list(model.image_shape),
         "batch_size": B, "gflop_per_image": flops / 1e9, "variants": rows,
     }  # fmt: skip
+
+
+def _measure(model: Model, variants: dict[str, dict], x, t, steps: list[int], repeats: int, timed) -> dict:
+    """Raw timings: warm-up, one evaluation and each S-step sample per repeat (variants alternating,
+    the order reversed every other repeat), the samples, and the peak memory of the longest one."""
+    device = x.device
+    copies = {name: copy_model(model) for name in variants}
+    nets = {name: prepare(copies[name].net, **_net_options(o)) for name, o in variants.items()}
+    outputs, memory, longest = {}, {}, max(steps)
+
+    def evaluate(name: str) -> None:
+        with torch.no_grad(), _autocast(device, variants[name]["precision"]):
+            nets[name](x, t)
+
+    def draw(name: str, S: int) -> None:
+        outputs[name, S] = ddim.sample(
+            copies[name], noise=x, steps=S, eta=0.0, device=device, **variants[name]
+        )
+
+    warmup = {name: timed(lambda name=name: (evaluate(name), draw(name, 2))) for name in variants}
+    evals: dict[str, list[float]] = {name: [] for name in variants}
+    samples: dict[tuple[str, int], list[float]] = {(name, S): [] for name in variants for S in steps}
+    for r in range(repeats):
+        for name in variants if r % 2 == 0 else reversed(variants):
+            evals[name].append(timed(lambda name=name: evaluate(name)))
+            for S in sorted(steps):  # the longest last: the peak memory of a whole run
+                if r == 0 and longest == S:
+                    reset_peak_memory(device)
+                samples[name, S].append(timed(lambda name=name, S=S: draw(name, S)))
+            if r == 0:
+                memory[name] = peak_memory_mb(device)
+    return {"warmup": warmup, "evals": evals, "samples": samples, "outputs": outputs, "memory": memory}
 
 
 def copy_model(model: Model) -> Model:
