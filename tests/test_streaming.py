@@ -18,7 +18,7 @@ OPTIONS = {"seed": 3, "batch_size": 2, "steps": 3, "eta": 0.5}  # η > 0: the st
 
 
 def pngs(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))}
 
 
 def test_the_folder_holds_the_samples_of_the_api(tmp_path, tiny_model):
@@ -31,9 +31,9 @@ def test_the_folder_holds_the_samples_of_the_api(tmp_path, tiny_model):
 
 
 def test_given_latents_are_decoded_into_the_folder(tmp_path, tiny_model):
-    z = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(14, 1, 8, 8, generator=torch.Generator().manual_seed(0))  # x_T by index
     sample_to_folder(tiny_model, tmp_path, range(10, 13), noise=z, **OPTIONS)
-    x = ddim.sample(tiny_model, noise=z, start_index=10, **OPTIONS)
+    x = ddim.sample(tiny_model, noise=z[10:13], start_index=10, **OPTIONS)
     for i, image in enumerate(io.to_uint8(x), start=10):
         with Image.open(tmp_path / f"{i:06d}.png") as png:
             assert np.array_equal(np.asarray(png), image[..., 0])
@@ -92,3 +92,30 @@ def test_sample_out_dir_grows_a_smaller_run_to_the_files_of_a_whole_one(tmp_path
     code, out, _ = run_cli(capsys, *common, "-n", 8, "--out-dir", tmp_path / "grown")
     assert out.startswith("0 samples")
     assert "8 finished earlier" in out
+
+
+def test_a_folder_never_mixes_two_runs(tmp_path, tiny_model, make_tiny_model):
+    sample_to_folder(tiny_model, tmp_path, range(3), **OPTIONS)
+    sample_to_folder(tiny_model, tmp_path, range(5), **{**OPTIONS, "batch_size": 4})  # grows: fine
+    for change, message in [
+        ({"seed": 4}, r"another seed \(3, now 4\)"),
+        ({"eta": 0.0}, r"another eta \(0.5, now 0.0\)"),
+        ({"steps": 4}, "another timesteps"),
+        ({"precision": "bf16"}, r"another precision \('fp32', now 'bf16'\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            sample_to_folder(tiny_model, tmp_path, range(5), **{**OPTIONS, **change})
+    with pytest.raises(ValueError, match="another model"):
+        sample_to_folder(make_tiny_model(seed=1), tmp_path, range(5), **OPTIONS)
+    (tmp_path / streaming.RECORD).unlink()
+    with pytest.raises(ValueError, match="holds PNGs that no resumable run recorded"):
+        sample_to_folder(tiny_model, tmp_path, range(5), **OPTIONS)
+
+
+def test_sample_out_dir_of_another_seed_is_a_one_line_error(tmp_path, capsys, tiny_checkpoint):
+    common = ["sample", "--model", tiny_checkpoint, "-n", 2, "--steps", 2, "--out-dir", tmp_path, "--quiet"]
+    assert run_cli(capsys, *common, "--seed", 1)[0] == 0
+    code, _, err = run_cli(capsys, *common, "--seed", 2)
+    assert code == 2
+    assert err.startswith(f"ddim sample: error: {tmp_path} holds samples of another seed (1, now 2)")
+    assert len(err.strip().splitlines()) == 1

@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     }  # fmt: skip
     start = time.perf_counter()
     if out is None and args.npz is None and args.trajectory is None:  # --out-dir alone
-        return _stream(model, args.out_dir, shard, noise, options, start)
+        return _stream(model, args.out_dir, shard, latents, options, start)
     x, trajectory = torch.empty(0, *model.image_shape), None
     if len(shard):
         result = sample(
@@ -176,10 +176,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stream(
-    model: Model, out_dir: Path, shard: range, noise: Tensor | None, options: dict, start: float
+    model: Model, out_dir: Path, shard: range, latents: Tensor | None, options: dict, start: float
 ) -> int:
     """Write each batch as soon as it is sampled; skip the batches a stopped run finished."""
-    done = sample_to_folder(model, out_dir, shard, noise=noise, **options)
+    done = sample_to_folder(model, out_dir, shard, noise=latents, **options)
     sampled, skipped = distributed.all_reduce_sum([done.sampled, done.skipped], options["device"])
     seconds, steps = time.perf_counter() - start, options["steps"]
     if distributed.is_main():
