@@ -264,7 +264,7 @@ def markdown(report: dict) -> str:
     out.append(_table(["matmul", "n", "peak GFLOP/s", "median GFLOP/s"], rows))
     for net in report["networks"]:
         out.append(
-            f"**{net['model']}**: {net['parameters']:,} parameters, {net['gflop_per_image']:.2f} GFLOP "
+            f"**{net['model']}**: {net['parameters']:,} parameters, {net['gflop_per_image']:.3g} GFLOP "
             f"per image per evaluation, batch {net['batch_size']}.\n"
         )
         steps = [s["steps"] for s in net["variants"][0]["sampling"]]
@@ -272,7 +272,7 @@ def markdown(report: dict) -> str:
         header = ["variant", "ms/image", "GFLOP/s", "of peak", "speed-up", *per_s, "peak MB", "warm-up s"]
         rows = []
         for v in net["variants"]:
-            cells = [v["variant"], f"{v['ms_per_image']:.2f}", f"{v['gflops']:.1f}"]
+            cells = [v["variant"], f"{v['ms_per_image']:.2f}", f"{v['gflops']:.3g}"]
             cells += [_fmt(v["fraction_of_peak"], "{:.0%}"), _fmt(v["speedup_vs_fp32"], "{:.2f}×")]
             for s in v["sampling"]:
                 cells += [
