@@ -81,12 +81,14 @@ def conditioning(
     return labels, 1.0 if guidance is None else check_guidance(guidance)
 
 
-def guided(net: Callable[..., Tensor], y: Tensor, w: float) -> EpsFn:
+def guided(net: Callable[..., Tensor], y: Tensor, w: float, null: int | None = None) -> EpsFn:
     """f(x_t, t) = net(x_t, t, ∅) + w · (net(x_t, t, y) − net(x_t, t, ∅)) for labels y (B,).
 
     Both evaluations share one forward pass on the batch doubled; w = 0 and w = 1 need one only.
+    null: the null class's index, by default `net.config.num_classes` (give it when `net` wraps
+    the network, e.g. as `ddim.execution.prepare` does).
     """
-    null = num_classes(net)
+    null = num_classes(net) if null is None else null
     if null is None:
         raise ValueError("guidance needs a class-conditional network (its config has no num_classes)")
 

@@ -24,7 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ddim.guidance import Classes, conditioning, guided
-from ddim.models import Model
+from ddim.models import Model, num_classes
 from ddim.sampling import (
     Precision,
     _check_options,
@@ -87,6 +87,8 @@ def invert(
     precision: Precision = "fp32",
     classes: Classes | None = None,
     guidance: float | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> Tensor:
     """The DDIM latents x_T of images x0 (N, *shape) in [-1, 1]: float32 (N, *shape) on the CPU.
 
@@ -94,9 +96,10 @@ def invert(
     starts. `steps`/`spacing`/`timesteps` name the sampling sub-sequence exactly as `sample`
     does; `sample(model, noise=x_T, ...)` with the same sub-sequence decodes the latents.
     classes, guidance: as in `sample`, for a class-conditional model (default: its null class).
+    precision, channels_last, compile: how the network runs, as in `sample`.
     """
     check_images(x0, model)
-    target = _resolve(model, x0, None, schedule, device)
+    target = _resolve(model, x0, None, schedule, device, channels_last=channels_last, compile=compile)
     _check_options("ddim", 0.0, False, batch_size, precision)
     labels, w = conditioning(model, classes, guidance, x0.shape[0])
     path = upward_sequence(_sub_sequence(target.schedule.num_timesteps, steps, spacing, timesteps))
@@ -104,12 +107,14 @@ def invert(
         return x0.float().cpu().clone()
     batch_size = batch_size or x0.shape[0]
     bar = tqdm(total=x0.shape[0], disable=not progress, unit="img", desc=f"inverting (S={len(path) - 1})")
-    net, schedule, prediction = target.net, target.schedule, target.prediction
+    net, schedule, prediction = target.call, target.schedule, target.prediction
     latents = []
-    with torch.no_grad(), _eval_mode(net), bar:
+    with torch.no_grad(), _eval_mode(target.net), bar:
         for start in range(0, x0.shape[0], batch_size):
             x = x0[start : start + batch_size].to(device=target.device, dtype=torch.float32)
-            eps = net if labels is None else guided(net, labels[start : start + batch_size], w)
+            eps = net
+            if labels is not None:
+                eps = guided(net, labels[start : start + batch_size], w, num_classes(target.net))
             x = denoise(eps, x, schedule, path, prediction=prediction, precision=precision)  # (B, *shape)
             latents.append(x.float().cpu())
             bar.update(x.shape[0])
@@ -128,7 +133,7 @@ def reconstruct(
     """decode(encode(x0)): invert, then sample with η = 0 over the same sub-sequence.
 
     `options` are those `invert` and `sample` share: schedule, batch_size, progress, device,
-    precision.
+    precision, channels_last, compile.
     """
     x_T = invert(model, x0, steps=steps, spacing=spacing, timesteps=timesteps, **options)
     return sample(model, noise=x_T, steps=steps, spacing=spacing, timesteps=timesteps, eta=0.0, **options)
@@ -157,7 +162,8 @@ def reconstruction_errors(
 ) -> list[ReconstructionError]:
     """The paper's Table 2 for this model and these images: one row per S in `steps`.
 
-    `options` go to `invert` and `sample` (schedule, batch_size, progress, device, precision).
+    `options` go to `invert` and `sample` (schedule, batch_size, progress, device, and how the
+    network runs: precision, channels_last, compile).
     """
     check_images(x0, model)
     schedule = model.schedule if isinstance(model, Model) else options.get("schedule")

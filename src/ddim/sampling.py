@@ -24,8 +24,9 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ddim.execution import Net, prepare
 from ddim.guidance import Classes, conditioning, dynamic_thresholding, guided
-from ddim.models import Model
+from ddim.models import Model, num_classes
 from ddim.models.parameterization import Prediction, eps_from_x0, to_x0_eps
 from ddim.rng import seeded_generator
 from ddim.schedule import NoiseSchedule, Spacing, custom_timesteps, timesteps
@@ -158,6 +159,7 @@ class _Target:
     """A model resolved to what the loop needs."""
 
     net: Callable[[Tensor, Tensor], Tensor]
+    call: Net  # net as the loop calls it: `execution.prepare`d
     schedule: NoiseSchedule
     prediction: Prediction
     shape: tuple[int, ...]
@@ -182,6 +184,8 @@ def sample(
     progress: bool = False,
     device: str | torch.device | None = None,
     precision: Precision = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
     return_trajectory: bool = False,
     start_index: int = 0,
     on_step: Callable[[StepInfo], None] | None = None,
@@ -200,6 +204,8 @@ def sample(
     directly. A `Model`'s net is moved to `device` (default: where its parameters are).
     start_index: draw samples start_index … start_index + n − 1 of the seed's sequence (a shard
     of a larger run gives the same images as the whole run).
+    channels_last, compile: run the network in channels-last memory, torch.compile it
+    (`ddim.execution.prepare`: the compiled code is kept for the process).
     on_step: called after every step of every batch with its `StepInfo` (x_t' and x̂_0 of the
     batch, on the sampling device); an exception it raises stops sampling and propagates.
     classes: for a class-conditional model, one class (index or name) for all n samples or one
@@ -208,7 +214,7 @@ def sample(
     `ddim.guidance`. dynamic_threshold: a percentile p ∈ (0, 1] of Imagen's dynamic thresholding
     of x̂_0 (e.g. 0.995, for high guidance).
     """
-    target = _resolve(model, noise, shape, schedule, device)
+    target = _resolve(model, noise, shape, schedule, device, channels_last=channels_last, compile=compile)
     n = _check_n(n, noise)
     labels, w = conditioning(model, classes, guidance, n)
     eta, clip = _check_options(sampler, eta, clip, batch_size, precision)
@@ -227,10 +233,12 @@ def sample(
         for idx in chunks:
             x_T = _initial_noise(noise, idx, seed, target, start_index)
             gens = [sample_generator(seed, start_index + i, _STEP_NOISE_STREAM) for i in idx]
-            net = target.net if labels is None else guided(target.net, labels[idx.start : idx.stop], w)
+            call = target.call
+            if labels is not None:
+                call = guided(call, labels[idx.start : idx.stop], w, num_classes(target.net))
             if dynamic_threshold is not None:
-                net = dynamic_thresholding(net, target.schedule, target.prediction, dynamic_threshold)
-            chunk = replace(target, net=net)
+                call = dynamic_thresholding(call, target.schedule, target.prediction, dynamic_threshold)
+            chunk = replace(target, call=call)
             x, record = _sample_chunk(chunk, x_T, ts, gens, options, bar, return_trajectory)
             outputs.append(x.float().cpu())
             records.append((x_T.cpu(), record))
@@ -271,7 +279,7 @@ def _sample_chunk(
             opts.on_step(info)
 
     x = denoise(
-        target.net, x_T, target.schedule, ts, prediction=target.prediction, sampler=opts.sampler,
+        target.call, x_T, target.schedule, ts, prediction=target.prediction, sampler=opts.sampler,
         eta=opts.eta, clip=opts.clip, step_noise=lambda: _draw(gens, x_T),
         precision=opts.precision, on_step=on_step,
     )  # fmt: skip
@@ -304,6 +312,9 @@ def _resolve(
     shape: Sequence[int] | None,
     schedule: NoiseSchedule | None,
     device: str | torch.device | None,
+    *,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> _Target:
     if isinstance(model, Model):
         if schedule is not None and schedule is not model.schedule:
@@ -339,7 +350,10 @@ def _resolve(
             f"model must be a ddim Model or a callable eps_fn(x_t, t), got {type(model).__name__}"
         )
     sample_shape = _check_shape(noise, shape, want)
-    return _Target(net, schedule, prediction, sample_shape, dev)
+    if channels_last and len(sample_shape) != 3:
+        raise ValueError(f"channels_last is for images (C, H, W), got samples of shape {sample_shape}")
+    call = prepare(net, channels_last=channels_last, compile=compile)
+    return _Target(net, call, schedule, prediction, sample_shape, dev)
 
 
 def _check_shape(

@@ -25,6 +25,7 @@ from ddim.cli import (
     train,
 )
 from ddim.cli._args import Parser
+from ddim.execution import CompileError
 from ddim.training import TrainingError
 
 SUBCOMMANDS = (
@@ -48,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, TrainingError, ValueError, OSError) as e:
+    except (CheckpointError, CompileError, TrainingError, ValueError, OSError) as e:
         print(f"ddim {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

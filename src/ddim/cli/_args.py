@@ -8,6 +8,7 @@ from collections.abc import Callable
 import torch
 
 from ddim.guidance import MAX_GUIDANCE
+from ddim.sampling import PRECISIONS
 
 DEFAULT_MODEL = "mnist"  # the shipped model (docs/models/mnist.md)
 
@@ -78,3 +79,26 @@ def device_arg(text: str) -> torch.device:
         raise argparse.ArgumentTypeError(
             f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:1, auto)"
         ) from None
+
+
+def add_execution_options(p: argparse.ArgumentParser) -> None:
+    """--precision, --channels-last, --compile: how the network runs (docs/performance.md)."""
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="network precision: bf16/fp16 autocast, weights stay fp32 (default: fp32)",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="run the network in channels-last memory layout"
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network first (minutes for a large net; pays off on long runs)",
+    )
+
+
+def execution_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of sample/invert/interpolate given by add_execution_options."""
+    return {"precision": args.precision, "channels_last": args.channels_last, "compile": args.compile}
