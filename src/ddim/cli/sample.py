@@ -58,7 +58,11 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--eta", type=eta_arg, default=None, help="noise level η in [0, 1] for --sampler ddim (default: 0)"
     )
     p.add_argument(
-        "--sampler", choices=SAMPLERS, default="ddim", help="ddim (any η), ddpm (η = 1), ddpm-large (σ̂)"
+        "--sampler",
+        choices=SAMPLERS,
+        default="ddim",
+        help="ddim (any η), ddpm (η = 1), ddpm-large (σ̂), or the higher-order ODE solvers dpm-solver++ "
+        "and plms (η = 0; docs/samplers.md) (default: ddim)",
     )
     p.add_argument(
         "--spacing", choices=SPACINGS, default="uniform", help="timestep sub-sequence (default: uniform)"
@@ -112,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.steps is None and stored is not None:
         seq = custom_timesteps(T, stored)  # decode with the sub-sequence the latents were inverted with
     else:
-        seq = timesteps(T, 50 if args.steps is None else args.steps, args.spacing)
+        seq = timesteps(T, 50 if args.steps is None else args.steps, args.spacing, model.schedule)
     n = _count(args.n, latents)
     out = args.out if args.out is not None or args.out_dir or args.npz else Path("samples.png")
     main = distributed.is_main()
