@@ -22,6 +22,7 @@ SAMPLE_EXAMPLES = """examples:
   ddim sample                                   16 images of the default model -> samples.png
   ddim sample --steps 10 --eta 0 --seed 3       deterministic DDIM, 10 network evaluations
   ddim sample --sampler ddpm --steps 1000       the DDPM ancestral sampler
+  ddim sample --sampler plms --spacing logsnr --steps 10   a higher-order ODE solver, 10 evaluations
   ddim sample --n 1000 --out-dir samples/ --npz samples.npz --quiet
   ddim sample --steps 20 --trajectory traj.gif  watch x_t and the predicted x0 denoise
   ddim sample --latents latents.npz             decode the latents of `ddim invert`
