@@ -1,12 +1,14 @@
 """The analytic oracle against brute force: grid integration and the orthogonality principle."""
 
+import math
+
 import pytest
 import torch
 
 import ddim
 from ddim.models.parameterization import from_x0_eps
 from ddim.schedule import NoiseSchedule
-from ddim.toy import MixtureDenoiser, glyphs, toy_model
+from ddim.toy import MixtureDenoiser, glyphs, probability_flow, toy_model
 
 SCHEDULE = NoiseSchedule.linear()
 
@@ -114,3 +116,16 @@ def test_conditional_mixture_is_each_component_alone_and_the_null_class_the_mixt
     assert unconditional.config.num_classes is None
     with pytest.raises(ValueError, match="unconditional"):
         unconditional(x_t, t, y)
+
+
+@pytest.mark.parametrize(("t0", "t1"), [(999, -1), (960, 0), (500, 100)])
+def test_probability_flow_is_the_gaussian_ode_solution(t0, t1):
+    """For data N(μ, s² I) the ODE maps x_t to √ᾱ' μ + √(v'/v)(x_t − √ᾱ μ), v = ᾱ s² + 1 − ᾱ: the
+    monotone map between the two Gaussian marginals. RK4 with 400 steps: error below 1e-6."""
+    mu, s = torch.tensor([[0.5, -0.3, 1.0]], dtype=torch.float64), 0.2
+    x = torch.randn(32, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    a0, a1 = SCHEDULE.alpha_bar_at(t0).item(), SCHEDULE.alpha_bar_at(t1).item()
+    v0, v1 = a0 * s**2 + 1 - a0, a1 * s**2 + 1 - a1
+    exact = math.sqrt(a1) * mu + math.sqrt(v1 / v0) * (x - math.sqrt(a0) * mu)
+    got = probability_flow(MixtureDenoiser(SCHEDULE, mu, s), x, a0, a1)
+    torch.testing.assert_close(got, exact, rtol=0, atol=1e-6)

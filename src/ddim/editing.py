@@ -47,7 +47,7 @@ def edit(
     if not isinstance(model, Model) or model.num_classes is None:
         raise ValueError("editing to a class needs a class-conditional model; this one is unconditional")
     check_images(x0, model)
-    seq = _sub_sequence(model.schedule.num_timesteps, steps, spacing, None)
+    seq = _sub_sequence(model.schedule, steps, spacing, None)
     decode = {"classes": to_class, "guidance": guidance, "eta": 0.0, **options}
     if strength is None:
         x_T = invert(model, x0, timesteps=seq, classes=from_class, **options)

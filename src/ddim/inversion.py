@@ -102,7 +102,7 @@ def invert(
     target = _resolve(model, x0, None, schedule, device, channels_last=channels_last, compile=compile)
     _check_options("ddim", 0.0, False, batch_size, precision)
     labels, w = conditioning(model, classes, guidance, x0.shape[0])
-    path = upward_sequence(_sub_sequence(target.schedule.num_timesteps, steps, spacing, timesteps))
+    path = upward_sequence(_sub_sequence(target.schedule, steps, spacing, timesteps))
     if len(path) == 1:  # S = 1 from t = 0: the latent is the image itself
         return x0.float().cpu().clone()
     batch_size = batch_size or x0.shape[0]
@@ -172,7 +172,7 @@ def reconstruction_errors(
     rows = []
     for S in steps:
         start = time.perf_counter()
-        seq = _sub_sequence(schedule.num_timesteps, S, spacing, None)
+        seq = _sub_sequence(schedule, S, spacing, None)
         x_hat = reconstruct(model, x0, timesteps=seq, **options)
         per_image = (x_hat - x0.float().cpu()).pow(2).flatten(1).mean(1)  # (N,)
         sem = per_image.std().item() / math.sqrt(len(per_image)) if len(per_image) > 1 else math.nan

@@ -9,12 +9,15 @@ One update rule, eq. 12, from timestep t to the next timestep t' of a sub-sequen
 mean and variance are the posterior q(x_t' | x_t, x̂_0)). "ddpm-large" is the paper's σ̂ (Table 1,
 the official `ddpm_noisy`): the η = 1 mean with noise of variance β̂ = 1 − ᾱ_t/ᾱ_t' instead,
 x̂_0 clipped, and no noise on the last step. The chain ends at t' = −1, clean data (ᾱ = 1).
+The higher-order ODE solvers "dpm-solver++" and "plms" (`ddim.solvers`) take the same η = 0
+step with a prediction extrapolated from the previous steps' network outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import pairwise
@@ -30,8 +33,9 @@ from ddim.models import Model, num_classes
 from ddim.models.parameterization import Prediction, eps_from_x0, to_x0_eps
 from ddim.rng import seeded_generator
 from ddim.schedule import NoiseSchedule, Spacing, custom_timesteps, timesteps
+from ddim.solvers import SOLVERS, Evaluation, extrapolate
 
-Sampler = Literal["ddim", "ddpm", "ddpm-large"]
+Sampler = Literal["ddim", "ddpm", "ddpm-large", "dpm-solver++", "plms"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -100,12 +104,17 @@ def denoise(
 
     `ts` is strictly monotone in [−1, T − 1]; −1 (clean) may only end it. Descending sequences
     sample; ascending ones (η = 0 only) run the deterministic ODE upward, as inversion does.
-    `step_noise()` returns fresh N(0, I) noise shaped like x whenever a step needs it.
+    `step_noise()` returns fresh N(0, I) noise shaped like x whenever a step needs it. The ODE
+    solvers ("dpm-solver++", "plms": η = 0, descending only) feed eq. 12 the prediction that
+    `solvers.extrapolate` makes from this and the previous steps' network outputs.
     """
     ts = _check_sequence(ts, schedule.num_timesteps)
     if len(ts) > 1 and ts[1] > ts[0] and (sampler != "ddim" or eta != 0):
         raise ValueError("an ascending timestep sequence (inversion) needs sampler 'ddim' with eta = 0")
+    if sampler in SOLVERS:
+        check_eta(sampler, eta)
     autocast = _autocast(x.device, precision)
+    history: deque[Evaluation] = deque(maxlen=4)  # the latest network outputs, for the ODE solvers
     for i, (t, t_next) in enumerate(pairwise(ts)):
         a_t, a_next = (schedule.alpha_bar_at(s).item() for s in (t, t_next))
         with autocast:
@@ -118,7 +127,8 @@ def denoise(
         z = step_noise() if noise_std > 0 and step_noise is not None else None
         if noise_std > 0 and z is None:
             raise ValueError(f"sampler {sampler!r} with eta={eta} needs step noise")
-        x = ddim_step(x0, eps, a_next, sigma, z, noise_std)
+        history.append(Evaluation(t, x0, eps))
+        x = ddim_step(*extrapolate(sampler, schedule, history, x, t_next), a_next, sigma, z, noise_std)
         if on_step is not None:
             on_step(StepInfo(i, t, t_next, x, x0))
     return x
@@ -218,8 +228,7 @@ def sample(
     n = _check_n(n, noise)
     labels, w = conditioning(model, classes, guidance, n)
     eta, clip = _check_options(sampler, eta, clip, batch_size, precision)
-    T = target.schedule.num_timesteps
-    seq = _sub_sequence(T, steps, spacing, timesteps)
+    seq = _sub_sequence(target.schedule, steps, spacing, timesteps)
     ts = [*seq.tolist(), -1]
     seed = int(torch.randint(0, 2**62, ())) if seed is None else _check_seed(seed)
     start_index = _check_seed(start_index, "start_index")
@@ -393,6 +402,18 @@ def _check_seed(seed: int, name: str = "seed") -> int:
     return seed
 
 
+def check_eta(sampler: Sampler, eta: float | None) -> float:
+    """The η `sampler` runs with, given the one asked for (None: the default). "ddim" takes any
+    η (default 0); "ddpm" and "ddpm-large" fix η = 1, the ODE solvers η = 0: another is refused."""
+    fixed = None if sampler == "ddim" else 0.0 if sampler in SOLVERS else 1.0
+    if fixed is None:
+        return float(eta or 0.0)
+    if eta is not None and eta != fixed:
+        kind = "is a deterministic ODE solver (η = 0)" if fixed == 0 else "fixes η = 1"
+        raise ValueError(f"sampler {sampler!r} {kind}; eta={eta} is only for sampler 'ddim'")
+    return fixed
+
+
 def _check_options(
     sampler: str, eta: float | None, clip: bool | None, batch_size: int | None, precision: str
 ) -> tuple[float, bool]:
@@ -401,21 +422,19 @@ def _check_options(
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if eta is not None and not (isinstance(eta, int | float) and 0.0 <= eta <= 1.0):
         raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-    if sampler != "ddim" and eta is not None and eta != 1.0:
-        raise ValueError(f"sampler {sampler!r} fixes the noise level; eta={eta} is only for sampler 'ddim'")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    eta = 1.0 if sampler != "ddim" else float(eta or 0.0)
-    return eta, (sampler == "ddpm-large") if clip is None else bool(clip)
+    return check_eta(sampler, eta), (sampler == "ddpm-large") if clip is None else bool(clip)
 
 
 def _sub_sequence(
-    T: int, steps: int | None, spacing: Spacing, explicit: Sequence[int] | Tensor | None
+    schedule: NoiseSchedule, steps: int | None, spacing: Spacing, explicit: Sequence[int] | Tensor | None
 ) -> Tensor:
+    T = schedule.num_timesteps
     if explicit is None:
-        return timesteps(T, 50 if steps is None else steps, spacing)
+        return timesteps(T, 50 if steps is None else steps, spacing, schedule)
     seq = custom_timesteps(T, explicit)
     if steps is not None and steps != seq.numel():
         raise ValueError(f"steps={steps} disagrees with the {seq.numel()} explicit timesteps given")

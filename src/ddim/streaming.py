@@ -88,8 +88,9 @@ def _identity(model: Model, seed: int, noise: Tensor | None, classes: Tensor | N
     eta, clip = _check_options(
         sampler, options.get("eta"), options.get("clip"), None, options.get("precision", "fp32")
     )
-    T = model.schedule.num_timesteps
-    seq = _sub_sequence(T, options.get("steps"), options.get("spacing", "uniform"), options.get("timesteps"))
+    seq = _sub_sequence(
+        model.schedule, options.get("steps"), options.get("spacing", "uniform"), options.get("timesteps")
+    )
     latents = None if noise is None else _digest(noise.float())
     return {
         "model": model_fingerprint(model), "seed": seed, "latents": latents, "timesteps": seq.tolist(),

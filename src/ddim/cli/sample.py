@@ -35,6 +35,7 @@ SAMPLE_EXAMPLES = """examples:
   ddim sample                                   16 images of the default model -> samples.png
   ddim sample --steps 10 --eta 0 --seed 3       deterministic DDIM, 10 network evaluations
   ddim sample --sampler ddpm --steps 1000       the DDPM ancestral sampler
+  ddim sample --sampler plms --spacing logsnr --steps 10   a higher-order ODE solver, 10 evaluations
   ddim sample --n 1000 --out-dir samples/ --npz samples.npz --quiet
   ddim sample -n 50000 --out-dir fid/ --quiet   streams; run it again to resume
   ddim sample --precision bf16 --channels-last --compile     faster network evaluations
@@ -74,7 +75,11 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--eta", type=eta_arg, default=None, help="noise level η in [0, 1] for --sampler ddim (default: 0)"
     )
     p.add_argument(
-        "--sampler", choices=SAMPLERS, default="ddim", help="ddim (any η), ddpm (η = 1), ddpm-large (σ̂)"
+        "--sampler",
+        choices=SAMPLERS,
+        default="ddim",
+        help="ddim (any η), ddpm (η = 1), ddpm-large (σ̂), or the higher-order ODE solvers dpm-solver++ "
+        "and plms (η = 0; docs/samplers.md) (default: ddim)",
     )
     p.add_argument(
         "--spacing", choices=SPACINGS, default="uniform", help="timestep sub-sequence (default: uniform)"
@@ -149,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.steps is None and stored is not None:
         seq = custom_timesteps(T, stored)  # decode with the sub-sequence the latents were inverted with
     else:
-        seq = timesteps(T, 50 if args.steps is None else args.steps, args.spacing)
+        seq = timesteps(T, 50 if args.steps is None else args.steps, args.spacing, model.schedule)
     n = _count(args.n, latents, args.classes)
     labels, w = conditioning(model, args.classes, args.guidance, n)  # checked before any sampling
     out = args.out if args.out is not None or args.out_dir or args.npz else Path("samples.png")
