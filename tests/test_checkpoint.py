@@ -19,6 +19,7 @@ def _assert_same_model(a: Model, b: Model) -> None:
     assert torch.equal(a.schedule.betas, b.schedule.betas)
     assert (a.image_shape, a.prediction, a.info) == (b.image_shape, b.prediction, b.info)
     assert a.net.config == b.net.config
+    assert (a.num_classes, a.class_names) == (b.num_classes, b.class_names)
 
 
 def test_half_precision_storage_rounds_each_weight_once(tmp_path, tiny_model):
@@ -51,6 +52,41 @@ def test_unet_round_trip_is_exact(tmp_path, make_tiny_model):
 def test_toy_round_trip_is_exact(tmp_path):
     model = toy_model(size=8)
     _assert_same_model(model, ddim.load(ddim.save(model, tmp_path / "toy.safetensors")))
+
+
+def test_conditional_round_trip_keeps_classes_and_names(tmp_path, make_tiny_model):
+    tiny = make_tiny_model(num_classes=3)
+    model = Model(tiny.net, tiny.schedule, tiny.image_shape, "eps", {"note": 1}, ("cat", "dog", "owl"))
+    path = ddim.save(model, tmp_path / "c.safetensors")
+    meta = read_metadata(path)
+    assert (meta["net"]["num_classes"], meta["class_names"]) == (3, ["cat", "dog", "owl"])
+    loaded = ddim.load(path)
+    _assert_same_model(model, loaded)
+    assert "net.class_embedding.weight" in safetensors.torch.load_file(path)
+    x = ddim.sample(loaded, 2, steps=3, seed=0, classes=["owl", 0], guidance=2)
+    torch.testing.assert_close(x, ddim.sample(model, 2, steps=3, seed=0, classes=[2, 0], guidance=2))
+    toy = toy_model(size=8, conditional=True)  # the analytic conditional mixture too
+    _assert_same_model(toy, ddim.load(ddim.save(toy, tmp_path / "toy.safetensors")))
+
+
+def test_conditional_checkpoints_with_wrong_class_names_are_refused(tmp_path, make_tiny_model):
+    tiny = make_tiny_model(num_classes=3)
+    path = ddim.save(
+        Model(tiny.net, tiny.schedule, tiny.image_shape, class_names=("a", "b", "c")), tmp_path / "c.st"
+    )
+    _rewrite(path, edit_meta=lambda m: m.update(class_names=["a", "b"]))
+    _expect_error(path, r"class_names must be 3 distinct names .* got \['a', 'b'\]")
+
+
+def test_unconditional_checkpoints_are_unchanged(tiny_checkpoint):
+    meta = read_metadata(tiny_checkpoint)
+    assert "class_names" not in meta
+    assert "num_classes" not in meta["net"]
+    model = ddim.load(tiny_checkpoint)
+    assert (model.num_classes, model.class_names) == (None, ())
+    if "mnist" in builtin_names():  # the shipped weights, saved before classes existed
+        mnist = ddim.load("mnist")
+        assert (mnist.num_classes, mnist.class_names, mnist.num_parameters) == (None, (), 2_734_945)
 
 
 def test_metadata_is_readable_json(tiny_checkpoint):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ddim.data import DataError, fit_images, load_images, to_model_range
+from ddim.data import DataError, fit_images, load_images, load_labels, to_model_range
 
 
 @pytest.fixture
@@ -90,3 +90,41 @@ def test_mixed_sizes_need_a_resolution(tmp_path):
     with pytest.raises(DataError, match=r"b\.png is 6×6 but .*a\.png is 4×4"):
         load_images(tmp_path)
     assert load_images(tmp_path, resolution=8).shape == (2, 1, 8, 8)
+
+
+def test_labels_from_npz_and_from_sub_folder_names(digits, tmp_path):
+    root, images = digits
+    np.savez(tmp_path / "l.npz", x_train=images, y_train=np.array([3, 0, 1, 3, 2], dtype=np.uint8))
+    y, names = load_labels(tmp_path / "l.npz")
+    assert (y.tolist(), names, y.dtype) == ([3, 0, 1, 3, 2], ("0", "1", "2", "3"), torch.int64)
+    assert load_labels(tmp_path / "l.npz", limit=2)[0].tolist() == [3, 0]
+    for i, name in enumerate(["zebra", "ant", "zebra", "moth", "ant"]):  # the same order as load_images
+        (tmp_path / "named" / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(tmp_path / "named" / name / f"{i}.png")
+    y, names = load_labels(tmp_path / "named")
+    assert names == ("ant", "moth", "zebra")
+    x = load_images(tmp_path / "named")  # ant/1, ant/4, moth/3, zebra/0, zebra/2
+    assert np.array_equal(x[:, 0].numpy(), images[[1, 4, 3, 0, 2]])
+    assert y.tolist() == [0, 0, 1, 2, 2]
+    assert load_labels(root / "png")[1] == ("0", "1")
+
+
+def test_bad_labels_get_one_line_errors(digits, tmp_path):
+    root, images = digits
+    np.savez(tmp_path / "f.npz", x_train=images, y_train=np.zeros(5, np.float32), y_neg=np.full(5, -1))
+    Image.fromarray(images[0]).save(tmp_path / "png-loose.png")
+    (tmp_path / "mixed" / "a").mkdir(parents=True)
+    Image.fromarray(images[0]).save(tmp_path / "mixed" / "a" / "0.png")
+    Image.fromarray(images[1]).save(tmp_path / "mixed" / "1.png")
+    cases = [
+        (root / "d.npz", {}, "has no array 'y_train'"),
+        (tmp_path / "f.npz", {}, "must hold class labels, non-negative integers of shape"),
+        (tmp_path / "f.npz", {"key": "y_neg"}, "must hold class labels"),
+        (tmp_path / "f.npz", {"key": "x_train"}, "must hold class labels"),
+        (tmp_path / "mixed", {}, r"1\.png is not in a class sub-folder"),
+        (tmp_path / "png-loose.png", {}, "class labels come from an .npz array or an image folder"),
+    ]
+    for path, kwargs, message in cases:
+        with pytest.raises(DataError, match=message) as err:
+            load_labels(path, **kwargs)
+        assert "\n" not in str(err.value)

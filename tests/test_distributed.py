@@ -46,6 +46,20 @@ def test_two_processes_sample_the_images_of_one(tmp_path, tiny_checkpoint, n):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
 
 
+def test_two_processes_resume_the_folder_of_a_stopped_one_process_run(tmp_path, tiny_checkpoint):
+    """`--out-dir` alone streams: each rank skips the finished batches of its own share."""
+    common = ["sample", "--model", tiny_checkpoint, "--steps", 4, "--eta", 0.5, "--seed", 3,
+              "--batch-size", 1, "--quiet"]  # fmt: skip
+    ddim_cmd(*common, "-n", 6, "--out-dir", tmp_path / "whole")
+    ddim_cmd(*common, "-n", 3, "--out-dir", tmp_path / "resumed")  # "stopped" after 3 images
+    result = ddim_cmd(*common, "-n", 6, "--out-dir", tmp_path / "resumed", processes=2)
+    assert result.stdout.startswith("3 samples, 4 steps")  # rank 0's share was done, rank 1's not
+    assert "3 finished earlier, kept" in result.stdout
+    whole, resumed = (sorted((tmp_path / d).glob("*.png")) for d in ("whole", "resumed"))
+    assert [p.name for p in resumed] == [p.name for p in whole] == [f"{i:06d}.png" for i in range(6)]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(whole, resumed, strict=True))
+
+
 def test_two_process_training_equals_one_and_resumes_in_one(tmp_path):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "d.npz", x_train=rng.integers(0, 256, size=(48, 8, 8), dtype=np.uint8))

@@ -182,3 +182,23 @@ def test_paper_trend_at_ten_steps_on_the_shipped_model():
     config = sweep.SweepConfig(steps=(10,), etas=(0.0, 1.0, "hat"), n=500, batch_size=100)
     fid = {eta: sweep.evaluate_cell(model, extractor, ref, 10, eta, config).fid for eta in config.etas}
     assert fid[0.0] < fid[1.0] < fid["hat"]
+
+
+def test_precision_is_part_of_the_results_identity(capsys, setup):
+    """bf16 samples are other samples: their cells never mix with fp32 ones; files written before
+    --precision existed (no "precision" in their identity) were fp32."""
+    tmp_path, common = setup
+    out = tmp_path / "ev"
+    assert run_cli(capsys, "evaluate", *common, "--steps", "2", "--eta", "0", "--out", out)[0] == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["identity"]["precision"] == "fp32"
+    del results["identity"]["precision"]
+    (out / "results.json").write_text(json.dumps(results))
+    args = [*common, "--steps", "2", "--eta", "0", "--out", out]
+    assert run_cli(capsys, "evaluate", *args)[0] == 0  # the old file is taken as fp32
+    assert len(read_cells(out)) == 1
+    code, _, err = run_cli(capsys, "evaluate", *args, "--precision", "bf16", "--channels-last")
+    assert code == 2
+    assert "another precision ('fp32', now 'bf16')" in err
+    assert run_cli(capsys, "evaluate", *args, "--precision", "bf16", "--overwrite")[0] == 0
+    assert json.loads((out / "results.json").read_text())["identity"]["precision"] == "bf16"

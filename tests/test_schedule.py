@@ -1,5 +1,6 @@
 import math
 import re
+from itertools import pairwise
 
 import pytest
 import torch
@@ -116,12 +117,43 @@ def test_quadratic_spot_values_and_dropped_repeats():
     ("T", "S"), [(1000, 1), (1000, 7), (1000, 50), (1000, 999), (1000, 1000), (20, 20), (4000, 33)]
 )
 def test_every_spacing_is_strictly_decreasing_in_range(spacing, T, S):
-    ts = timesteps(T, S, spacing)
+    ts = timesteps(T, S, spacing, NoiseSchedule.linear(T))  # the schedule is read by logsnr only
     assert ts.dtype == torch.int64
     assert (ts.diff() < 0).all()
     assert ts.min() >= 0
     assert ts.max() <= T - 1
-    assert len(ts) == S if spacing != "quadratic" else 1 <= len(ts) <= S
+    assert len(ts) == S if spacing not in ("quadratic", "logsnr") else 1 <= len(ts) <= S
+
+
+@pytest.mark.parametrize(
+    "schedule", [NoiseSchedule.linear(), NoiseSchedule.cosine()], ids=["linear", "cosine"]
+)
+@pytest.mark.parametrize("S", [2, 5, 10, 20, 50, 200])
+def test_logsnr_is_the_nearest_timestep_to_uniform_log_snr(schedule, S):
+    """Ends at T − 1 and 0; every τ has, of all timesteps, the log SNR nearest to its point of
+    the uniform grid, so it is off by at most half the gap to a neighbouring timestep."""
+    log_snr = schedule.log_snr.tolist()
+    T = len(log_snr)
+    ts = timesteps(T, S, "logsnr", schedule).tolist()
+    assert ts[0] == T - 1
+    assert ts[-1] == 0
+    assert all(a > b for a, b in pairwise(ts))
+    grid = [log_snr[T - 1] + i * (log_snr[0] - log_snr[T - 1]) / (S - 1) for i in range(S)]
+    nearest = [min(range(T), key=lambda t: abs(log_snr[t] - g)) for g in grid]  # brute force
+    assert ts == sorted(set(nearest), reverse=True)
+    for t, g in zip(nearest, grid, strict=True):
+        gap = max(abs(log_snr[u] - log_snr[t]) for u in (t - 1, t + 1) if 0 <= u < T)
+        assert abs(log_snr[t] - g) <= gap / 2 + 1e-12
+
+
+def test_logsnr_spot_values_and_near_uniform_steps():
+    schedule = NoiseSchedule.linear()
+    ts = timesteps(1000, 10, "logsnr", schedule)
+    assert ts.tolist() == [999, 886, 757, 603, 410, 202, 73, 22, 5, 0]
+    steps = schedule.log_snr[ts].diff()  # every step 1/9 of the range, up to the rounding above
+    target = (schedule.log_snr[0] - schedule.log_snr[-1]) / 9
+    assert (steps / target - 1).abs().max() < 0.025
+    assert len(timesteps(1000, 50, "logsnr", schedule)) == 49  # documented: a repeat near t = 0
 
 
 @pytest.mark.parametrize(
@@ -131,11 +163,17 @@ def test_every_spacing_is_strictly_decreasing_in_range(spacing, T, S):
         (1001, "uniform", r"\[1, 1000\]"),
         (2.5, "uniform", "integer"),
         (10, "cubic", "unknown spacing 'cubic'"),
+        (10, "logsnr", "logsnr spacing needs the schedule of the 1000 timesteps"),
     ],
 )
 def test_timesteps_rejects_bad_arguments(steps, spacing, message):
     with pytest.raises(ValueError, match=message):
         timesteps(1000, steps, spacing)
+
+
+def test_logsnr_needs_the_schedule_of_the_same_length():
+    with pytest.raises(ValueError, match="got one of 100 timesteps"):
+        timesteps(1000, 10, "logsnr", NoiseSchedule.linear(100))
 
 
 def test_custom_timesteps_sorted_and_validated():

@@ -279,3 +279,92 @@ def test_shipped_recipes_parse(name, capsys):
     code, out, err = run_cli(capsys, "train", "--config", path, "--data", "x.npz", "--out", "r", "--dry-run")
     assert code == 0, err
     assert json.loads(out)["net"]["ch"] == config.net.ch
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    rng = np.random.default_rng(1)
+    path = tmp_path / "labelled.npz"
+    np.savez(path, x_train=rng.integers(0, 256, size=(40, 8, 8), dtype=np.uint8),
+             y_train=rng.integers(0, 4, size=40, dtype=np.int64))  # fmt: skip
+    return path
+
+
+def test_defaults_are_unconditional():
+    config = TrainConfig()
+    assert (config.conditional, config.net.num_classes, config.class_dropout) == (False, None, 0.1)
+    with pytest.raises(ValueError, match=r"net\.num_classes = 4 is for conditional runs"):
+        TrainConfig.from_dict({"net": {"num_classes": 4}})
+    with pytest.raises(ValueError, match="class_dropout"):
+        TrainConfig(class_dropout=1.0)
+
+
+def test_conditional_resume_continues_exactly(tmp_path, labelled):
+    """Label dropout is a function of (seed, step) too: 3 steps, stop, resume == 6 in one go."""
+    config = tiny_config(labelled, conditional=True, class_dropout=0.5)
+    whole = train(config, tmp_path / "whole", progress=False)
+    train(config.replace(steps=3), tmp_path / "split", progress=False)
+    resumed = train(config, tmp_path / "split", resume=True, progress=False)
+    a, b = load_file(whole.checkpoint), load_file(resumed.checkpoint)
+    assert "net.class_embedding.weight" in a
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    model = ddim.load(tmp_path / "whole" / "model.safetensors")
+    assert (model.num_classes, model.class_names) == (4, ("0", "1", "2", "3"))
+    saved = TrainConfig.from_dict(load_toml(tmp_path / "whole" / "config.toml"))
+    assert (saved.conditional, saved.net.num_classes) == (True, 4)  # the resolved config
+    assert ddim.sample(model, 2, steps=2, classes=[3, 1], guidance=2).shape == (2, 1, 8, 8)
+
+
+def test_labels_follow_their_images_and_are_dropped_to_the_null_class(tmp_path, labelled, monkeypatch):
+    import ddim.training as training
+
+    seen = []
+    real = training.diffusion_loss
+    monkeypatch.setattr(training, "diffusion_loss", lambda *a, **k: seen.append(a[-1]) or real(*a, **k))
+    config = tiny_config(labelled, conditional=True, class_dropout=0.3, steps=10, sample_every=0)
+    train(config, tmp_path / "run", progress=False)
+    labels = torch.from_numpy(np.load(labelled)["y_train"])
+    dropped = 0
+    for step, y in enumerate(seen):
+        true = labels[batch_indices(40, 8, config.seed, step)]
+        kept = y != 4  # 4: the null class
+        assert torch.equal(y[kept], true[kept])
+        dropped += int((~kept).sum())
+    assert 0.1 < dropped / 80 < 0.5  # 30 % of 80 labels expected (binomial s.d. 5 %)
+
+
+def test_cli_trains_a_conditional_model_from_class_folders(tmp_path, capsys):
+    rng = np.random.default_rng(2)
+    for i in range(16):
+        name = ("cat", "dog")[i % 2]
+        (tmp_path / "pets" / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(
+            tmp_path / "pets" / name / f"{i}.png"
+        )
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(to_toml(tiny_config(tmp_path / "pets", sample_every=0).to_dict()))
+    base = ["train", "--config", config_file, "--quiet"]
+    code, _, err = run_cli(capsys, *base, "--out", tmp_path / "r", "--conditional", "--class-dropout", 0.2)
+    assert code == 0, err
+    model = ddim.load(tmp_path / "r" / "model.safetensors")
+    assert (model.num_classes, model.class_names) == (2, ("cat", "dog"))
+    assert model.info["training"]["class_dropout"] == 0.2
+    code, _, err = run_cli(capsys, "sample", "--model", tmp_path / "r" / "model.safetensors", "--class",
+                           "dog,cat", "--steps", 2, "--out", tmp_path / "s.png", "--quiet")  # fmt: skip
+    assert code == 0, err
+    np.savez(tmp_path / "unlabelled.npz", x_train=rng.integers(0, 256, (16, 8, 8), dtype=np.uint8))
+    cases = [
+        (
+            ["--conditional", "--data", tmp_path / "unlabelled.npz"],
+            "has no array 'y_train' (it has: x_train)",
+        ),
+        (["--conditional", "--set", "net.num_classes=3"], "net.num_classes = 3, but"),
+        (["--set", "net.num_classes=2"], "is for conditional runs: set conditional = true"),
+        (["--conditional", "--class-dropout", "1.5"], "class_dropout must be in [0, 1)"),
+    ]
+    for extra, message in cases:
+        code, _, err = run_cli(capsys, *base, "--out", tmp_path / "bad", *extra)
+        assert code == 2, err
+        assert message in err
+        assert err.count("\n") == 1
+    assert not (tmp_path / "bad").exists()

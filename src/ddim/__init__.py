@@ -3,11 +3,13 @@
 import ddim
 model = ddim.load("toy")
 x = ddim.sample(model, n=16, steps=50, eta=0.0, seed=0)   # (16, C, H, W) in [-1, 1]
+x = ddim.sample(conditional_model, n=4, classes=[0, 1, 2, 3], guidance=2.0)   # classifier-free guidance
 """
 
 from ddim import metrics
 from ddim.checkpoint import CheckpointError, builtin_names, load, save
 from ddim.consistency import consistency
+from ddim.editing import edit
 from ddim.interpolation import interpolate, slerp
 from ddim.inversion import invert, reconstruct, reconstruction_errors
 from ddim.models import Model
@@ -23,6 +25,7 @@ __all__ = [
     "builtin_names",
     "consistency",
     "custom_timesteps",
+    "edit",
     "interpolate",
     "invert",
     "load",

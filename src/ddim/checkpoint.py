@@ -3,8 +3,9 @@
 A checkpoint is one `.safetensors` file: the network's weights under `net.*` (the EMA weights,
 for trained models), the schedule's β under `schedule.betas` (float64), and in the metadata
 key "ddim" a JSON object: format name and version, the net config, image shape, prediction
-type, data range and free-form provenance (`info`). Loading never executes code from a file:
-`load` also reads the foreign formats of `ddim.convert`, PyTorch pickles with
+type, data range, free-form provenance (`info`) and, for a class-conditional model whose
+classes have names, `class_names` (the net config's `num_classes` counts them). Loading never
+executes code from a file: `load` also reads the foreign formats of `ddim.convert`, PyTorch pickles with
 `torch.load(weights_only=True)` only.
 """
 
@@ -79,6 +80,7 @@ def save(model: Model, path: str | os.PathLike, dtype: torch.dtype | None = None
         "prediction": model.prediction,
         "data_range": [-1.0, 1.0],
         "info": model.info,
+        **({"class_names": list(model.class_names)} if model.class_names else {}),
     }
     data = safetensors.torch.save(tensors, metadata={FORMAT: json.dumps(meta)})
     return atomic_write(path, lambda f: f.write(data))
@@ -152,14 +154,15 @@ def load_native(path: str | os.PathLike) -> Model:
         if net_cfg.get("type") not in _NETS:
             raise ValueError(f"unknown net type {net_cfg.get('type')!r} (known: {', '.join(_NETS)})")
         net = _NETS[net_cfg["type"]](net_cfg, schedule)
-        model = Model(net, schedule, tuple(meta["image_shape"]), meta["prediction"], meta.get("info") or {})
+        shape, info, names = tuple(meta["image_shape"]), meta.get("info") or {}, meta.get("class_names", [])
+        model = Model(net, schedule, shape, meta["prediction"], info, tuple(names))
     except (KeyError, ValueError, TypeError) as e:
         missing = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"{path}: invalid checkpoint config: {missing}") from None
     state = {k: v for k, v in tensors.items() if k.startswith("net.")}
     check_weights(state, {f"net.{k}": v.shape for k, v in net.state_dict().items()}, path)
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
-    return Model(net.eval(), schedule, model.image_shape, model.prediction, model.info)
+    return Model(net.eval(), schedule, model.image_shape, model.prediction, model.info, model.class_names)
 
 
 def check_weights(

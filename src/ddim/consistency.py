@@ -48,14 +48,19 @@ def consistency(
     progress: bool = False,
     device: str | torch.device | None = None,
     precision: Precision = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> Consistency:
     """Sample the same n latents (seed) at each S and at `reference` steps, for each η; measure
     each S's distance to the reference images."""
-    options = {"seed": seed, "batch_size": batch_size, "progress": progress, "device": device}
+    options = {
+        "seed": seed, "batch_size": batch_size, "progress": progress, "device": device,
+        "precision": precision, "channels_last": channels_last, "compile": compile,
+    }  # fmt: skip
     rows, images = [], {}
     for eta in etas:
-        ref = sample(model, n, steps=reference, eta=eta, precision=precision, **options)  # (n, C, H, W)
-        per_s = [sample(model, n, steps=S, eta=eta, precision=precision, **options) for S in steps]
+        ref = sample(model, n, steps=reference, eta=eta, **options)  # (n, C, H, W)
+        per_s = [sample(model, n, steps=S, eta=eta, **options) for S in steps]
         for S, x in zip(steps, per_s, strict=True):
             rms = (x - ref).pow(2).flatten(1).mean(1).sqrt()  # (n,)
             sem = rms.std().item() / math.sqrt(n) if n > 1 else math.nan

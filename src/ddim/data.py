@@ -1,5 +1,8 @@
 """Image datasets in: `.npz` arrays, image folders or single image files, as uint8 tensors.
 
+Class labels, for conditional models, come from an integer array of the `.npz` (`y_train`) or
+from an image folder's sub-folder names (`digits/3/a.png` is class "3"; names sorted).
+
 Images are kept as uint8 (N, C, H, W) — compact in memory — and scaled to the model's range
 [-1, 1] per batch with `to_model_range`. Fitting to a model resolution: "pad" centres smaller
 images on a black square (MNIST 28 → 32), "resize" scales the shorter side and centre-crops.
@@ -99,16 +102,21 @@ def _resize_crop(img: Tensor, size: int) -> Tensor:
     return torch.from_numpy(out.reshape(size, size, -1).copy()).permute(2, 0, 1)
 
 
-def _load_npz(path: Path, key: str, limit: int | None) -> Tensor:
+def _read_npz(path: Path, key: str, limit: int | None) -> np.ndarray:
+    """The array `key` of an .npz (its first `limit` entries), with one-line errors."""
     try:
         with np.load(path, allow_pickle=False) as data:
             if key not in data.files:
                 raise DataError(f"{path} has no array {key!r} (it has: {', '.join(data.files)})")
-            array = data[key] if limit is None else data[key][:limit]
+            return data[key] if limit is None else data[key][:limit]
     except (OSError, ValueError) as e:
         if isinstance(e, DataError):
             raise
         raise DataError(f"{path}: not a readable .npz file: {e}") from None
+
+
+def _load_npz(path: Path, key: str, limit: int | None) -> Tensor:
+    array = _read_npz(path, key, limit)
     if array.dtype != np.uint8:
         raise DataError(f"{path}:{key} must hold uint8 images, got dtype {array.dtype}")
     if array.ndim == 3:
@@ -120,13 +128,50 @@ def _load_npz(path: Path, key: str, limit: int | None) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2).contiguous()
 
 
-def _load_folder(
-    folder: Path, resolution: int | None, fit: Fit, channels: int | None, limit: int | None, progress: bool
-) -> Tensor:
+def load_labels(
+    path: str | os.PathLike, *, key: str = "y_train", limit: int | None = None
+) -> tuple[Tensor, tuple[str, ...]]:
+    """(class labels int64 (N,), class names) of the dataset `load_images` reads from `path`.
+
+    An `.npz`: the integer array `key`, labels 0 … K − 1 named "0" … "K−1" (K = the largest + 1).
+    A folder: each image's class is its top-level sub-folder; names sorted, label = position.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"no such dataset: {path}")
+    if path.is_dir():
+        folders = [f.relative_to(path).parts[0] for f in _image_files(path)[:limit]]
+        loose = next((f for f in folders if (path / f).is_file()), None)
+        if loose is not None:
+            raise DataError(
+                f"{path / loose} is not in a class sub-folder: for class labels, put each class's "
+                f"images in a sub-folder named after it ({path}/<class>/...)"
+            )
+        names = tuple(sorted(set(folders)))
+        return torch.tensor([names.index(f) for f in folders], dtype=torch.int64), names
+    if path.suffix.lower() != ".npz":
+        raise DataError(f"{path}: class labels come from an .npz array or an image folder's sub-folders")
+    y = _read_npz(path, key, limit)
+    if not np.issubdtype(y.dtype, np.integer) or y.ndim != 1 or len(y) == 0 or y.min() < 0:
+        raise DataError(
+            f"{path}:{key} must hold class labels, non-negative integers of shape (N,), "
+            f"got {y.dtype} of shape {y.shape}"
+        )
+    return torch.from_numpy(y.astype(np.int64)), tuple(str(k) for k in range(int(y.max()) + 1))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """The images of a folder, searched recursively, sorted by path."""
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}, searched recursively)")
-    return _load_folder_files(files[:limit], resolution, fit, channels, progress)
+    return files
+
+
+def _load_folder(
+    folder: Path, resolution: int | None, fit: Fit, channels: int | None, limit: int | None, progress: bool
+) -> Tensor:
+    return _load_folder_files(_image_files(folder)[:limit], resolution, fit, channels, progress)
 
 
 def _load_folder_files(

@@ -27,11 +27,12 @@ from ddim import distributed
 from ddim.io import atomic_write, make_grid, save_png, to_uint8
 from ddim.metrics import Extractor, FeatureStats, feature_stats, frechet_distance, kid
 from ddim.models import Model
-from ddim.sampling import sample
+from ddim.sampling import PRECISIONS, Precision, sample
 from ddim.schedule import SPACINGS, Spacing
 
 Eta = float | Literal["hat"]
 RESULTS_VERSION = 1
+_IDENTITY_DEFAULTS = {"precision": "fp32"}  # what results files from before a field existed used
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class SweepConfig:
     spacing: Spacing = "uniform"
     batch_size: int = 250
     kid_subset_size: int = 1000
+    precision: Precision = "fp32"  # how the network runs (`sample`): precision changes the samples,
+    channels_last: bool = False  # so results.json records it; the other two change rounding only
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if not self.steps or any(not isinstance(s, int) or s < 1 for s in self.steps):
@@ -63,6 +67,8 @@ class SweepConfig:
             )
         if self.spacing not in SPACINGS:
             raise ValueError(f"unknown spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
 
     def cells(self) -> list[tuple[int, Eta]]:
         return [(s, eta) for s in self.steps for eta in self.etas]
@@ -141,6 +147,7 @@ def evaluate_cell(
     x = sample(
         model, len(shard), steps=steps, spacing=config.spacing, seed=config.seed, start_index=shard.start,
         batch_size=config.batch_size, device=device, progress=progress, **sampler_options(eta),
+        precision=config.precision, channels_last=config.channels_last, compile=config.compile,
     )  # fmt: skip  # (n / ranks, C, H, W) in [-1, 1]
     sampled = time.perf_counter()
     stats = feature_stats(extractor, x, batch_size=config.batch_size, sharded=True)
@@ -165,9 +172,10 @@ def load_results(path: Path, identity: dict) -> dict[str, Cell]:
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a results file of `ddim evaluate` ({e})") from None
     for field, value in identity.items():
-        if saved.get("identity", {}).get(field) != value:
+        theirs = saved.get("identity", {}).get(field, _IDENTITY_DEFAULTS.get(field))
+        if theirs != value:
             raise ValueError(
-                f"{path} holds results for another {field} ({saved.get('identity', {}).get(field)!r}, "
+                f"{path} holds results for another {field} ({theirs!r}, "
                 f"now {value!r}); choose another output folder or pass --overwrite"
             )
     return {c.key: c for c in cells}

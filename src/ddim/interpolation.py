@@ -63,6 +63,8 @@ def interpolate(
     progress: bool = False,
     device: str | torch.device | None = None,
     precision: Precision = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> Tensor:
     """`num` images along the slerp from latent z0 to z1, decoded with DDIM η = 0:
     (num, *shape) float32 on the CPU; the ends decode z0 and z1.
@@ -77,4 +79,5 @@ def interpolate(
     return sample(
         model, noise=path, steps=steps, spacing=spacing, timesteps=timesteps, eta=0.0, schedule=schedule,
         batch_size=batch_size, progress=progress, device=device, precision=precision,
+        channels_last=channels_last, compile=compile,
     )  # fmt: skip

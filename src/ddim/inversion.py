@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ddim.models import Model
+from ddim.guidance import Classes, conditioning, guided
+from ddim.models import Model, num_classes
 from ddim.sampling import (
     Precision,
     _check_options,
@@ -84,27 +85,37 @@ def invert(
     progress: bool = False,
     device: str | torch.device | None = None,
     precision: Precision = "fp32",
+    classes: Classes | None = None,
+    guidance: float | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> Tensor:
     """The DDIM latents x_T of images x0 (N, *shape) in [-1, 1]: float32 (N, *shape) on the CPU.
 
     The η = 0 update (eq. 12) run upward over 0, τ_1, …, τ_S, ε̂ evaluated where each step
     starts. `steps`/`spacing`/`timesteps` name the sampling sub-sequence exactly as `sample`
     does; `sample(model, noise=x_T, ...)` with the same sub-sequence decodes the latents.
+    classes, guidance: as in `sample`, for a class-conditional model (default: its null class).
+    precision, channels_last, compile: how the network runs, as in `sample`.
     """
     check_images(x0, model)
-    target = _resolve(model, x0, None, schedule, device)
+    target = _resolve(model, x0, None, schedule, device, channels_last=channels_last, compile=compile)
     _check_options("ddim", 0.0, False, batch_size, precision)
-    path = upward_sequence(_sub_sequence(target.schedule.num_timesteps, steps, spacing, timesteps))
+    labels, w = conditioning(model, classes, guidance, x0.shape[0])
+    path = upward_sequence(_sub_sequence(target.schedule, steps, spacing, timesteps))
     if len(path) == 1:  # S = 1 from t = 0: the latent is the image itself
         return x0.float().cpu().clone()
     batch_size = batch_size or x0.shape[0]
     bar = tqdm(total=x0.shape[0], disable=not progress, unit="img", desc=f"inverting (S={len(path) - 1})")
-    net, schedule, prediction = target.net, target.schedule, target.prediction
+    net, schedule, prediction = target.call, target.schedule, target.prediction
     latents = []
-    with torch.no_grad(), _eval_mode(net), bar:
+    with torch.no_grad(), _eval_mode(target.net), bar:
         for start in range(0, x0.shape[0], batch_size):
             x = x0[start : start + batch_size].to(device=target.device, dtype=torch.float32)
-            x = denoise(net, x, schedule, path, prediction=prediction, precision=precision)  # (B, *shape)
+            eps = net
+            if labels is not None:
+                eps = guided(net, labels[start : start + batch_size], w, num_classes(target.net))
+            x = denoise(eps, x, schedule, path, prediction=prediction, precision=precision)  # (B, *shape)
             latents.append(x.float().cpu())
             bar.update(x.shape[0])
     return torch.cat(latents)
@@ -122,7 +133,7 @@ def reconstruct(
     """decode(encode(x0)): invert, then sample with η = 0 over the same sub-sequence.
 
     `options` are those `invert` and `sample` share: schedule, batch_size, progress, device,
-    precision.
+    precision, channels_last, compile.
     """
     x_T = invert(model, x0, steps=steps, spacing=spacing, timesteps=timesteps, **options)
     return sample(model, noise=x_T, steps=steps, spacing=spacing, timesteps=timesteps, eta=0.0, **options)
@@ -151,7 +162,8 @@ def reconstruction_errors(
 ) -> list[ReconstructionError]:
     """The paper's Table 2 for this model and these images: one row per S in `steps`.
 
-    `options` go to `invert` and `sample` (schedule, batch_size, progress, device, precision).
+    `options` go to `invert` and `sample` (schedule, batch_size, progress, device, and how the
+    network runs: precision, channels_last, compile).
     """
     check_images(x0, model)
     schedule = model.schedule if isinstance(model, Model) else options.get("schedule")
@@ -160,7 +172,7 @@ def reconstruction_errors(
     rows = []
     for S in steps:
         start = time.perf_counter()
-        seq = _sub_sequence(schedule.num_timesteps, S, spacing, None)
+        seq = _sub_sequence(schedule, S, spacing, None)
         x_hat = reconstruct(model, x0, timesteps=seq, **options)
         per_image = (x_hat - x0.float().cpu()).pow(2).flatten(1).mean(1)  # (N,)
         sem = per_image.std().item() / math.sqrt(len(per_image)) if len(per_image) > 1 else math.nan

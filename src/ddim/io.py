@@ -114,11 +114,16 @@ def save_samples(
         written.append(save_png(make_grid(images, nrow), grid))
     if out_dir is not None:
         for i, img in enumerate(images, start=first_index):
-            save_png(img, Path(out_dir) / f"{i:06d}.png")
+            save_png(img, sample_png(out_dir, i))
         written.append(Path(out_dir))
     if npz is not None:
         written.append(save_npz(npz, images=images, x=x.float().cpu().numpy()))
     return written
+
+
+def sample_png(out_dir: str | os.PathLike, index: int) -> Path:
+    """The file of sample `index` in a folder of samples: out_dir/000123.png."""
+    return Path(out_dir) / f"{index:06d}.png"
 
 
 def save_trajectory_gif(

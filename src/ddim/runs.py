@@ -91,7 +91,7 @@ class RunFolder:
         if not write:
             return path
         info = {"training": config.to_dict(), "step": step, "wall_time_s": round(wall, 1)}
-        ema_model = Model(ema, model.schedule, model.image_shape, model.prediction, info)
+        ema_model = Model(ema, model.schedule, model.image_shape, model.prediction, info, model.class_names)
         state = {
             "format": _STATE_FORMAT, "version": _STATE_VERSION, "step": step, "wall_time_s": wall,
             "net": net.state_dict(), "optimizer": opt.state_dict(),
@@ -150,9 +150,12 @@ class RunFolder:
         atomic_write(self.path / "metrics.jsonl", lambda f: f.write(kept.encode()))
 
     def save_sample_grid(self, step: int, model: Model, config: TrainConfig) -> Path:
+        """Samples of fixed seeds; a conditional model's in class order, one class a column."""
         device = next(model.net.parameters()).device
-        x = sample(model, config.sample_n, steps=config.sample_steps, seed=0, device=device)
-        return save_png(make_grid(to_uint8(x)), self.path / "samples" / f"step-{step:08d}.png")
+        k = model.num_classes
+        classes = None if k is None else [i % k for i in range(config.sample_n)]
+        x = sample(model, config.sample_n, steps=config.sample_steps, seed=0, device=device, classes=classes)
+        return save_png(make_grid(to_uint8(x), k), self.path / "samples" / f"step-{step:08d}.png")
 
     def finish(self, checkpoint: Path | None, complete: bool) -> None:
         """Plot the loss curve; when training is complete, copy the last EMA model to model.safetensors."""

@@ -9,14 +9,17 @@ One update rule, eq. 12, from timestep t to the next timestep t' of a sub-sequen
 mean and variance are the posterior q(x_t' | x_t, x̂_0)). "ddpm-large" is the paper's σ̂ (Table 1,
 the official `ddpm_noisy`): the η = 1 mean with noise of variance β̂ = 1 − ᾱ_t/ᾱ_t' instead,
 x̂_0 clipped, and no noise on the last step. The chain ends at t' = −1, clean data (ᾱ = 1).
+The higher-order ODE solvers "dpm-solver++" and "plms" (`ddim.solvers`) take the same η = 0
+step with a prediction extrapolated from the previous steps' network outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Literal, get_args
 
@@ -24,12 +27,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ddim.models import Model
+from ddim.execution import Net, prepare
+from ddim.guidance import Classes, conditioning, dynamic_thresholding, guided
+from ddim.models import Model, num_classes
 from ddim.models.parameterization import Prediction, eps_from_x0, to_x0_eps
 from ddim.rng import seeded_generator
 from ddim.schedule import NoiseSchedule, Spacing, custom_timesteps, timesteps
+from ddim.solvers import SOLVERS, Evaluation, extrapolate
 
-Sampler = Literal["ddim", "ddpm", "ddpm-large"]
+Sampler = Literal["ddim", "ddpm", "ddpm-large", "dpm-solver++", "plms"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -98,12 +104,17 @@ def denoise(
 
     `ts` is strictly monotone in [−1, T − 1]; −1 (clean) may only end it. Descending sequences
     sample; ascending ones (η = 0 only) run the deterministic ODE upward, as inversion does.
-    `step_noise()` returns fresh N(0, I) noise shaped like x whenever a step needs it.
+    `step_noise()` returns fresh N(0, I) noise shaped like x whenever a step needs it. The ODE
+    solvers ("dpm-solver++", "plms": η = 0, descending only) feed eq. 12 the prediction that
+    `solvers.extrapolate` makes from this and the previous steps' network outputs.
     """
     ts = _check_sequence(ts, schedule.num_timesteps)
     if len(ts) > 1 and ts[1] > ts[0] and (sampler != "ddim" or eta != 0):
         raise ValueError("an ascending timestep sequence (inversion) needs sampler 'ddim' with eta = 0")
+    if sampler in SOLVERS:
+        check_eta(sampler, eta)
     autocast = _autocast(x.device, precision)
+    history: deque[Evaluation] = deque(maxlen=4)  # the latest network outputs, for the ODE solvers
     for i, (t, t_next) in enumerate(pairwise(ts)):
         a_t, a_next = (schedule.alpha_bar_at(s).item() for s in (t, t_next))
         with autocast:
@@ -116,7 +127,8 @@ def denoise(
         z = step_noise() if noise_std > 0 and step_noise is not None else None
         if noise_std > 0 and z is None:
             raise ValueError(f"sampler {sampler!r} with eta={eta} needs step noise")
-        x = ddim_step(x0, eps, a_next, sigma, z, noise_std)
+        history.append(Evaluation(t, x0, eps))
+        x = ddim_step(*extrapolate(sampler, schedule, history, x, t_next), a_next, sigma, z, noise_std)
         if on_step is not None:
             on_step(StepInfo(i, t, t_next, x, x0))
     return x
@@ -157,6 +169,7 @@ class _Target:
     """A model resolved to what the loop needs."""
 
     net: Callable[[Tensor, Tensor], Tensor]
+    call: Net  # net as the loop calls it: `execution.prepare`d
     schedule: NoiseSchedule
     prediction: Prediction
     shape: tuple[int, ...]
@@ -181,9 +194,14 @@ def sample(
     progress: bool = False,
     device: str | torch.device | None = None,
     precision: Precision = "fp32",
+    channels_last: bool = False,
+    compile: bool = False,
     return_trajectory: bool = False,
     start_index: int = 0,
     on_step: Callable[[StepInfo], None] | None = None,
+    classes: Classes | None = None,
+    guidance: float | None = None,
+    dynamic_threshold: float | None = None,
 ) -> Tensor | tuple[Tensor, Trajectory]:
     """Draw n samples, (n, *shape) float32 on the CPU, in the data range ([-1, 1] for images).
 
@@ -196,14 +214,21 @@ def sample(
     directly. A `Model`'s net is moved to `device` (default: where its parameters are).
     start_index: draw samples start_index … start_index + n − 1 of the seed's sequence (a shard
     of a larger run gives the same images as the whole run).
+    channels_last, compile: run the network in channels-last memory, torch.compile it
+    (`ddim.execution.prepare`: the compiled code is kept for the process).
     on_step: called after every step of every batch with its `StepInfo` (x_t' and x̂_0 of the
     batch, on the sampling device); an exception it raises stops sampling and propagates.
+    classes: for a class-conditional model, one class (index or name) for all n samples or one
+    per sample; without it a conditional model samples unconditionally (its null class).
+    guidance: the classifier-free guidance weight w ∈ [0, 20] (default 1: plain conditional), see
+    `ddim.guidance`. dynamic_threshold: a percentile p ∈ (0, 1] of Imagen's dynamic thresholding
+    of x̂_0 (e.g. 0.995, for high guidance).
     """
-    target = _resolve(model, noise, shape, schedule, device)
+    target = _resolve(model, noise, shape, schedule, device, channels_last=channels_last, compile=compile)
     n = _check_n(n, noise)
+    labels, w = conditioning(model, classes, guidance, n)
     eta, clip = _check_options(sampler, eta, clip, batch_size, precision)
-    T = target.schedule.num_timesteps
-    seq = _sub_sequence(T, steps, spacing, timesteps)
+    seq = _sub_sequence(target.schedule, steps, spacing, timesteps)
     ts = [*seq.tolist(), -1]
     seed = int(torch.randint(0, 2**62, ())) if seed is None else _check_seed(seed)
     start_index = _check_seed(start_index, "start_index")
@@ -217,7 +242,13 @@ def sample(
         for idx in chunks:
             x_T = _initial_noise(noise, idx, seed, target, start_index)
             gens = [sample_generator(seed, start_index + i, _STEP_NOISE_STREAM) for i in idx]
-            x, record = _sample_chunk(target, x_T, ts, gens, options, bar, return_trajectory)
+            call = target.call
+            if labels is not None:
+                call = guided(call, labels[idx.start : idx.stop], w, num_classes(target.net))
+            if dynamic_threshold is not None:
+                call = dynamic_thresholding(call, target.schedule, target.prediction, dynamic_threshold)
+            chunk = replace(target, call=call)
+            x, record = _sample_chunk(chunk, x_T, ts, gens, options, bar, return_trajectory)
             outputs.append(x.float().cpu())
             records.append((x_T.cpu(), record))
     x = torch.cat(outputs)
@@ -257,7 +288,7 @@ def _sample_chunk(
             opts.on_step(info)
 
     x = denoise(
-        target.net, x_T, target.schedule, ts, prediction=target.prediction, sampler=opts.sampler,
+        target.call, x_T, target.schedule, ts, prediction=target.prediction, sampler=opts.sampler,
         eta=opts.eta, clip=opts.clip, step_noise=lambda: _draw(gens, x_T),
         precision=opts.precision, on_step=on_step,
     )  # fmt: skip
@@ -290,6 +321,9 @@ def _resolve(
     shape: Sequence[int] | None,
     schedule: NoiseSchedule | None,
     device: str | torch.device | None,
+    *,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> _Target:
     if isinstance(model, Model):
         if schedule is not None and schedule is not model.schedule:
@@ -325,7 +359,10 @@ def _resolve(
             f"model must be a ddim Model or a callable eps_fn(x_t, t), got {type(model).__name__}"
         )
     sample_shape = _check_shape(noise, shape, want)
-    return _Target(net, schedule, prediction, sample_shape, dev)
+    if channels_last and len(sample_shape) != 3:
+        raise ValueError(f"channels_last is for images (C, H, W), got samples of shape {sample_shape}")
+    call = prepare(net, channels_last=channels_last, compile=compile)
+    return _Target(net, call, schedule, prediction, sample_shape, dev)
 
 
 def _check_shape(
@@ -365,6 +402,18 @@ def _check_seed(seed: int, name: str = "seed") -> int:
     return seed
 
 
+def check_eta(sampler: Sampler, eta: float | None) -> float:
+    """The η `sampler` runs with, given the one asked for (None: the default). "ddim" takes any
+    η (default 0); "ddpm" and "ddpm-large" fix η = 1, the ODE solvers η = 0: another is refused."""
+    fixed = None if sampler == "ddim" else 0.0 if sampler in SOLVERS else 1.0
+    if fixed is None:
+        return float(eta or 0.0)
+    if eta is not None and eta != fixed:
+        kind = "is a deterministic ODE solver (η = 0)" if fixed == 0 else "fixes η = 1"
+        raise ValueError(f"sampler {sampler!r} {kind}; eta={eta} is only for sampler 'ddim'")
+    return fixed
+
+
 def _check_options(
     sampler: str, eta: float | None, clip: bool | None, batch_size: int | None, precision: str
 ) -> tuple[float, bool]:
@@ -373,21 +422,19 @@ def _check_options(
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if eta is not None and not (isinstance(eta, int | float) and 0.0 <= eta <= 1.0):
         raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
-    if sampler != "ddim" and eta is not None and eta != 1.0:
-        raise ValueError(f"sampler {sampler!r} fixes the noise level; eta={eta} is only for sampler 'ddim'")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    eta = 1.0 if sampler != "ddim" else float(eta or 0.0)
-    return eta, (sampler == "ddpm-large") if clip is None else bool(clip)
+    return check_eta(sampler, eta), (sampler == "ddpm-large") if clip is None else bool(clip)
 
 
 def _sub_sequence(
-    T: int, steps: int | None, spacing: Spacing, explicit: Sequence[int] | Tensor | None
+    schedule: NoiseSchedule, steps: int | None, spacing: Spacing, explicit: Sequence[int] | Tensor | None
 ) -> Tensor:
+    T = schedule.num_timesteps
     if explicit is None:
-        return timesteps(T, 50 if steps is None else steps, spacing)
+        return timesteps(T, 50 if steps is None else steps, spacing, schedule)
     seq = custom_timesteps(T, explicit)
     if steps is not None and steps != seq.numel():
         raise ValueError(f"steps={steps} disagrees with the {seq.numel()} explicit timesteps given")

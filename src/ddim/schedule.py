@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-Spacing = Literal["uniform", "quadratic", "trailing", "linspace"]
+Spacing = Literal["uniform", "quadratic", "trailing", "linspace", "logsnr"]
 SPACINGS: tuple[str, ...] = get_args(Spacing)
 
 
@@ -68,6 +68,11 @@ class NoiseSchedule:
     def num_timesteps(self) -> int:
         return self.betas.numel()
 
+    @property
+    def log_snr(self) -> Tensor:
+        """log SNR_t = log(ᾱ_t / (1 − ᾱ_t)), float64 (T,), decreasing; DPM-Solver's λ_t is half of it."""
+        return torch.log(self.alpha_bar / (1 - self.alpha_bar))
+
     def alpha_bar_at(self, t: int | Tensor) -> Tensor:
         """ᾱ_t for t ∈ [−1, T − 1] (an int or an int tensor); t = −1 gives 1, clean data."""
         t = torch.as_tensor(t, dtype=torch.int64)
@@ -96,7 +101,9 @@ def _check_num_timesteps(num_timesteps: int) -> None:
         raise ValueError(f"num_timesteps must be a positive integer, got {num_timesteps!r}")
 
 
-def timesteps(num_timesteps: int, steps: int, spacing: Spacing = "uniform") -> Tensor:
+def timesteps(
+    num_timesteps: int, steps: int, spacing: Spacing = "uniform", schedule: NoiseSchedule | None = None
+) -> Tensor:
     """The DDIM sub-sequence τ of `steps` training timesteps, strictly decreasing (int64).
 
     For T timesteps and S steps, i = 0..S−1:
@@ -104,14 +111,18 @@ def timesteps(num_timesteps: int, steps: int, spacing: Spacing = "uniform") -> T
                  exactly S steps otherwise;
       quadratic  τ_i = ⌊(i·√(0.8 T)/(S − 1))²⌋: the official code's "quad";
       trailing   τ_i = round(T − i·T/S) − 1: always starts at T − 1 (999, 899, …, 99 for S = 10);
-      linspace   τ_i = round(i·(T − 1)/(S − 1)), as numpy's linspace computes it.
+      linspace   τ_i = round(i·(T − 1)/(S − 1)), as numpy's linspace computes it;
+      logsnr     τ_i = the timestep whose log SNR is nearest to the i-th of S points spaced
+                 uniformly from log SNR_{T−1} to log SNR_0 (so its ends are T − 1 and 0); it
+                 needs `schedule`, whose log SNR it reads.
     Rounding is half-to-even, in float64. Linspace equals diffusers' "linspace" and uniform
     its "leading" when S divides T; trailing equals diffusers' "trailing" except that we
     compute T − i·T/S per step instead of accumulating np.arange, which in diffusers can round
     an exact .5 the other way or add a step at −1 when S does not divide T.
 
     Quadratic repeats timesteps near t = 0 once S is large (S = 50 gives 49 distinct values,
-    S = 100 gives 96).
+    S = 100 gives 96), and so does logsnr, where one timestep spans a wide log-SNR interval
+    (the linear DDPM schedule: S = 50 gives 49).
     Repeats are dropped: the official code runs them as steps from t to the same t, where
     ᾱ_t = ᾱ_next makes the update return its input unchanged for every η, so the samples are
     the same with fewer network evaluations. The result may then hold fewer than S timesteps.
@@ -129,9 +140,21 @@ def timesteps(num_timesteps: int, steps: int, spacing: Spacing = "uniform") -> T
         seq = np.round(T - i * (T / S)).astype(np.int64) - 1
     elif spacing == "linspace":
         seq = np.round(np.linspace(0, T - 1, S)).astype(np.int64)
+    elif spacing == "logsnr":
+        seq = _nearest_log_snr(T, S, schedule)
     else:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     return torch.from_numpy(np.unique(seq)[::-1].copy())  # unique sorts ascending; flip
+
+
+def _nearest_log_snr(T: int, S: int, schedule: NoiseSchedule | None) -> np.ndarray:
+    """For each of S log SNRs uniform from log SNR_{T−1} to log SNR_0, the nearest timestep."""
+    if schedule is None or schedule.num_timesteps != T:
+        got = "none" if schedule is None else f"one of {schedule.num_timesteps} timesteps"
+        raise ValueError(f"logsnr spacing needs the schedule of the {T} timesteps (schedule=), got {got}")
+    log_snr = schedule.log_snr.numpy()  # (T,)
+    target = np.linspace(log_snr[T - 1], log_snr[0], S)  # (S,), increasing: t from T − 1 down to 0
+    return np.abs(log_snr[None, :] - target[:, None]).argmin(axis=1)  # (S,)
 
 
 def custom_timesteps(num_timesteps: int, values: Sequence[int] | Tensor) -> Tensor:

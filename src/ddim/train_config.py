@@ -42,6 +42,9 @@ class TrainConfig:
 
     data: str = ""  # an .npz (array `data_key`) or an image folder
     data_key: str = "x_train"
+    conditional: bool = False  # class-conditional: labels from `label_key` or the folder's sub-folders
+    label_key: str = "y_train"
+    class_dropout: float = 0.1  # conditional runs: share of labels replaced by the null class
     fit: Fit = "pad"  # how images reach net.resolution: black padding, or resize + centre crop
     hflip: bool = False  # random horizontal flips (off for digits)
     net: UNetConfig = MNIST_NET
@@ -86,6 +89,12 @@ class TrainConfig:
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ValueError(
                 f"grad_clip and weight_decay must be >= 0, got {self.grad_clip}, {self.weight_decay}"
+            )
+        if not 0 <= self.class_dropout < 1:
+            raise ValueError(f"class_dropout must be in [0, 1), got {self.class_dropout}")
+        if self.net.num_classes is not None and not self.conditional:
+            raise ValueError(
+                f"net.num_classes = {self.net.num_classes} is for conditional runs: set conditional = true"
             )
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")

@@ -3,7 +3,10 @@
     L = E_{x_0, t ~ U{0, …, T−1}, ε ~ N(0, I)} ‖ε − ε_θ(√ᾱ_t x_0 + √(1 − ᾱ_t) ε, t)‖²  (mean over pixels)
 
 Randomness is a pure function of (seed, step): each epoch's data order, and each step's t, ε,
-flips and dropout. A resumed run therefore continues exactly as if it had never stopped.
+flips, dropout and label dropout. A resumed run therefore continues exactly as if it had never
+stopped. A conditional run (classifier-free guidance, Ho & Salimans 2022) trains ε_θ(x_t, t, y)
+with each label replaced by the null class with probability `class_dropout`, so the one
+network is both conditional and unconditional.
 The EMA of the weights is what sampling uses; it is saved as a native checkpoint.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import signal
 import threading
@@ -25,7 +29,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ddim import distributed
-from ddim.data import load_images, to_model_range
+from ddim.data import load_images, load_labels, to_model_range
 from ddim.models import Model
 from ddim.models.unet import UNet
 from ddim.rng import seeded_generator
@@ -33,7 +37,7 @@ from ddim.runs import RunFolder
 from ddim.schedule import NoiseSchedule
 from ddim.train_config import TrainConfig
 
-_DATA_STREAM, _STEP_STREAM, _INIT_STREAM = 10, 11, 12  # keys of the independent random streams
+_DATA_STREAM, _STEP_STREAM, _INIT_STREAM, _LABEL_STREAM = 10, 11, 12, 13  # independent random streams
 
 
 class TrainingError(RuntimeError):
@@ -56,12 +60,18 @@ def batch_indices(num_images: int, batch_size: int, seed: int, step: int) -> Ten
 
 
 def diffusion_loss(
-    net: nn.Module, x0: Tensor, t: Tensor, eps: Tensor, schedule: NoiseSchedule, autocast: bool
+    net: nn.Module,
+    x0: Tensor,
+    t: Tensor,
+    eps: Tensor,
+    schedule: NoiseSchedule,
+    autocast: bool,
+    y: Tensor | None = None,
 ) -> Tensor:
-    """‖ε − ε_θ(x_t, t)‖², mean over all pixels of the batch; x0, eps (B, C, H, W), t (B,)."""
+    """‖ε − ε_θ(x_t, t[, y])‖², mean over all pixels of the batch; x0, eps (B, C, H, W), t and y (B,)."""
     x_t = schedule.q_sample(x0, t, eps)
     with torch.autocast(x0.device.type, dtype=torch.bfloat16, enabled=autocast):
-        pred = net(x_t, t)
+        pred = net(x_t, t) if y is None else net(x_t, t, y)
     return F.mse_loss(pred.float(), eps)
 
 
@@ -82,12 +92,14 @@ def train_step(
     config: TrainConfig,
     step: int,
     part: slice = slice(None),
+    y: Tensor | None = None,
 ) -> tuple[float, float]:
     """One optimizer step; returns (this process's loss, gradient norm).
 
-    x0: this process's share `part` of the global batch of `config.batch_size` images in [-1, 1].
-    t, ε and flips are drawn for the whole global batch, so they do not depend on the number of
-    processes; `net` may be wrapped in DistributedDataParallel, which averages the gradients.
+    x0: this process's share `part` of the global batch of `config.batch_size` images in [-1, 1];
+    y: their class labels (conditional runs). t, ε, flips and label dropout are drawn for the
+    whole global batch, so they do not depend on the number of processes; `net` may be wrapped
+    in DistributedDataParallel, which averages the gradients.
     """
     gen = seeded_generator(config.seed, step, _STEP_STREAM)
     shape, device = (config.batch_size, *x0.shape[1:]), x0.device
@@ -98,11 +110,15 @@ def train_step(
             :, None, None, None
         ]  # (B, 1, 1, 1)
         x0 = torch.where(flip, x0.flip(-1), x0)
+    if y is not None:  # classifier-free guidance: drop labels to the null class
+        drop_gen = seeded_generator(config.seed, step, _LABEL_STREAM)
+        drop = (torch.rand(shape[:1], generator=drop_gen) < config.class_dropout)[part].to(device)
+        y = torch.where(drop, config.net.num_classes, y.to(device))
     for group in opt.param_groups:
         group["lr"] = config.lr_at(step)
     dropout_seed = int(torch.randint(0, 2**62, (), generator=gen)) + distributed.rank()
     with _seeded_global_rng(dropout_seed, device):
-        loss = diffusion_loss(net, x0, t, eps, schedule, config.precision == "bf16")
+        loss = diffusion_loss(net, x0, t, eps, schedule, config.precision == "bf16", y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
     max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
@@ -119,6 +135,7 @@ class _Session:
     config: TrainConfig
     run: RunFolder
     data: Tensor  # uint8 (N, C, H, W): the whole dataset, on the CPU
+    labels: Tensor | None  # int64 (N,) class labels of a conditional run, on the CPU
     net: nn.Module  # the network being trained
     forward: nn.Module  # net, or its DistributedDataParallel wrapper (averages the gradients)
     ema: nn.Module
@@ -152,6 +169,7 @@ def train(
     )  # fmt: skip
     if len(data) < config.batch_size:
         raise ValueError(f"the dataset has {len(data)} images, fewer than batch_size={config.batch_size}")
+    config, labels, names = _labels(config, len(data)) if config.conditional else (config, None, ())
     run = RunFolder(out)  # written only once the data is known to be good, and by rank 0 only
     run.check_resume(config) if resume else run.check_new()
     distributed.barrier()  # every process has checked before the folder changes
@@ -167,9 +185,21 @@ def train(
     start, wall = run.load_latest(net, ema, opt, truncate_log=write) if resume else (0, 0.0)
     forward = nn.parallel.DistributedDataParallel(net) if distributed.world_size() > 1 else net
     shape = (config.net.in_channels, config.net.resolution, config.net.resolution)
-    model = Model(ema, config.schedule(), shape)
-    session = _Session(config, run, data, net, forward, ema, opt, model)
+    model = Model(ema, config.schedule(), shape, class_names=names)
+    session = _Session(config, run, data, labels, net, forward, ema, opt, model)
     return _loop(session, start, wall, progress and distributed.is_main())
+
+
+def _labels(config: TrainConfig, num_images: int) -> tuple[TrainConfig, Tensor, tuple[str, ...]]:
+    """A conditional run's labels (N,) and class names, and its config with net.num_classes set."""
+    labels, names = load_labels(config.data, key=config.label_key)
+    if len(labels) != num_images:
+        raise ValueError(f"{config.data}: {len(labels)} class labels for {num_images} images")
+    if config.net.num_classes not in (None, len(names)):
+        raise ValueError(
+            f"net.num_classes = {config.net.num_classes}, but {config.data} has {len(names)} classes"
+        )
+    return config.replace(net=dataclasses.replace(config.net, num_classes=len(names))), labels, names
 
 
 def _loop(s: _Session, start: int, wall: float, progress: bool) -> TrainResult:
@@ -219,7 +249,8 @@ def _global_step(s: _Session, step: int, stop_requested: bool) -> tuple[float, f
     part = slice(shard.start, shard.stop)
     idx = batch_indices(len(s.data), s.config.batch_size, s.config.seed, step)[part]
     x0 = to_model_range(s.data[idx]).to(next(s.net.parameters()).device)
-    loss, grad_norm = train_step(s.forward, s.opt, x0, s.model.schedule, s.config, step, part)
+    y = None if s.labels is None else s.labels[idx]
+    loss, grad_norm = train_step(s.forward, s.opt, x0, s.model.schedule, s.config, step, part, y)
     loss, stop = distributed.all_reduce_sum(
         [loss * len(shard) / s.config.batch_size, stop_requested], x0.device
     )

@@ -26,6 +26,7 @@ import re
 import pytest
 import safetensors.torch
 import torch
+from benchmarks.vs_diffusers import DDPM_CIFAR10_32, SMALL
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 import ddim
@@ -35,17 +36,6 @@ from ddim.convert.official import KNOWN
 from ddim.models.unet import UNetConfig
 from helpers import PREDICTION_TYPE, perturb_vectors, run_cli, run_diffusers
 
-# google/ddpm-cifar10-32 config.json (huggingface.co/google/ddpm-cifar10-32), diffusers 0.42 fields
-DDPM_CIFAR10_32 = {
-    "_class_name": "UNet2DModel", "act_fn": "silu", "add_attention": True, "attention_head_dim": None,
-    "block_out_channels": [128, 256, 256, 256], "center_input_sample": False, "class_embed_type": None,
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
-    "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3,
-    "layers_per_block": 2, "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32,
-    "num_class_embeds": None, "out_channels": 3, "resnet_time_scale_shift": "default", "sample_size": 32,
-    "time_embedding_type": "positional",
-    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
-}  # fmt: skip
 # google/ddpm-church-256 (and ddpm-celebahq-256): config.json as quoted by fine-tuned copies on the Hub
 DDPM_CHURCH_256 = {**DDPM_CIFAR10_32, "sample_size": 256,
                    "block_out_channels": [128, 128, 256, 256, 512, 512],
@@ -54,9 +44,6 @@ DDPM_CHURCH_256 = {**DDPM_CIFAR10_32, "sample_size": 256,
 # google/ncsnpp-church-256: a score-SDE model stored as a UNet2DModel (the fields that differ)
 NCSNPP_CHURCH_256 = {**DDPM_CHURCH_256, "time_embedding_type": "fourier", "flip_sin_to_cos": True,
                      "freq_shift": 0, "center_input_sample": True, "downsample_padding": 1}  # fmt: skip
-# the same block types at a size that runs in milliseconds: attention at 8×8 of 16×16
-SMALL = {**DDPM_CIFAR10_32, "block_out_channels": [16, 32, 32, 32], "layers_per_block": 1,
-         "norm_num_groups": 8, "sample_size": 16}  # fmt: skip
 FORWARD_RTOL = 1e-5
 TRAJECTORY_RTOL = {"eps": 1e-5, "v": 1e-5, "x0": 5e-5}  # per step
 

@@ -115,3 +115,35 @@ def test_config_dict_round_trip():
 def test_avg_pool_downsample_without_conv():
     x = torch.arange(16.0).reshape(1, 1, 4, 4)
     torch.testing.assert_close(Downsample(1, with_conv=False)(x), F.avg_pool2d(x, 2))
+
+
+def test_class_conditioning_adds_one_embedding_and_leaves_unconditional_nets_alone():
+    base = UNetConfig()
+    assert "num_classes" not in base.to_dict()  # unconditional configs (and checkpoints) unchanged
+    conditional = UNetConfig(num_classes=10)
+    assert UNetConfig.from_dict(conditional.to_dict()) == conditional
+    torch.manual_seed(0)
+    net, cond = UNet(base), UNet(conditional)
+    extra = sum(p.numel() for p in cond.parameters()) - 35_746_307
+    assert extra == 11 * 4 * 128  # (10 classes + the null class) × the time-embedding width
+    torch.manual_seed(0)
+    cond = UNet(conditional)  # created last, so the other weights initialise exactly as without classes
+    assert all(torch.equal(v, cond.state_dict()[k]) for k, v in net.state_dict().items())
+    with pytest.raises(ValueError, match="num_classes must be a positive integer"):
+        UNetConfig(num_classes=0)
+
+
+def test_class_embedding_is_added_to_the_time_embedding():
+    """y = None is the null class; each class shifts every block's time embedding by its row."""
+    config = UNetConfig(
+        resolution=8, ch=8, ch_mult=(1, 2), attn_resolutions=(4,), norm_groups=4, num_classes=3
+    )
+    torch.manual_seed(0)
+    net = UNet(config).eval()
+    x, t = torch.randn(4, 3, 8, 8), torch.tensor([1, 10, 50, 99])
+    assert torch.equal(net(x, t), net(x, t, torch.full((4,), 3)))
+    out = net(x, t, torch.tensor([0, 1, 2, 0]))
+    assert not torch.allclose(out, net(x, t), atol=1e-4)
+    with torch.no_grad():  # the same shift through the null row reproduces class 1
+        net.class_embedding.weight[3] = net.class_embedding.weight[1]
+    torch.testing.assert_close(net(x, t), net(x, t, torch.full((4,), 1)))

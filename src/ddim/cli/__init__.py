@@ -14,6 +14,7 @@ from ddim.checkpoint import CheckpointError
 from ddim.cli import (
     consistency,
     convert,
+    edit,
     evaluate,
     info,
     interpolate,
@@ -24,9 +25,12 @@ from ddim.cli import (
     train,
 )
 from ddim.cli._args import Parser
+from ddim.execution import CompileError
 from ddim.training import TrainingError
 
-SUBCOMMANDS = (sample, invert, reconstruct, interpolate, consistency, train, evaluate, info, convert, serve)
+SUBCOMMANDS = (
+    sample, invert, reconstruct, interpolate, edit, consistency, train, evaluate, info, convert, serve,
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CheckpointError, TrainingError, ValueError, OSError) as e:
+    except (CheckpointError, CompileError, TrainingError, ValueError, OSError) as e:
         print(f"ddim {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

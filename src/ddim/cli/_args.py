@@ -7,6 +7,9 @@ from collections.abc import Callable
 
 import torch
 
+from ddim.guidance import MAX_GUIDANCE
+from ddim.sampling import PRECISIONS
+
 DEFAULT_MODEL = "mnist"  # the shipped model (docs/models/mnist.md)
 
 
@@ -40,6 +43,26 @@ def eta_arg(text: str) -> float:
     return value
 
 
+def guidance_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number in [0, {MAX_GUIDANCE:g}], got {text!r}"
+        ) from None
+    if not 0.0 <= value <= MAX_GUIDANCE:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_GUIDANCE:g}], got {text}")
+    return value
+
+
+def class_list(text: str) -> list[str]:
+    """`7`, `0,1,2` or class names `cat,dog`: resolved against the model later."""
+    items = [s.strip() for s in text.split(",")]
+    if not all(items):
+        raise argparse.ArgumentTypeError(f"expected a class or comma-separated classes, got {text!r}")
+    return items
+
+
 def int_list(text: str) -> list[int]:
     try:
         return [int(s) for s in text.replace(" ", "").split(",") if s]
@@ -56,3 +79,26 @@ def device_arg(text: str) -> torch.device:
         raise argparse.ArgumentTypeError(
             f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:1, auto)"
         ) from None
+
+
+def add_execution_options(p: argparse.ArgumentParser) -> None:
+    """--precision, --channels-last, --compile: how the network runs (docs/performance.md)."""
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="network precision: bf16/fp16 autocast, weights stay fp32 (default: fp32)",
+    )
+    p.add_argument(
+        "--channels-last", action="store_true", help="run the network in channels-last memory layout"
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network first (minutes for a large net; pays off on long runs)",
+    )
+
+
+def execution_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of sample/invert/interpolate given by add_execution_options."""
+    return {"precision": args.precision, "channels_last": args.channels_last, "compile": args.compile}

@@ -9,15 +9,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddim.cli._args import DEFAULT_MODEL, device_arg, int_at_least
+from ddim.cli._args import DEFAULT_MODEL, add_execution_options, device_arg, execution_options, int_at_least
 from ddim.data import FITS, DataError, load_images, to_model_range
 from ddim.models import Model
-from ddim.sampling import PRECISIONS
 from ddim.schedule import SPACINGS
 
 
 def add_model_options(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
-    """--model, --spacing, --batch-size, --device, --precision, --quiet."""
+    """--model, --spacing, --batch-size, --device, the execution options, --quiet."""
     p.add_argument(
         "--model", default=DEFAULT_MODEL, help=f"built-in name or checkpoint path (default: {DEFAULT_MODEL})"
     )
@@ -33,9 +32,7 @@ def add_model_options(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
     p.add_argument(
         "--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
     )
-    p.add_argument(
-        "--precision", choices=PRECISIONS, default="fp32", help="network precision (default: fp32)"
-    )
+    add_execution_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -45,6 +42,7 @@ def add_image_options(
     """--images PATH, --key, --limit, --fit: where the real images come from."""
     p.add_argument(
         "--images",
+        "--image",
         type=Path,
         required=required,
         nargs=nargs,
@@ -66,7 +64,7 @@ def model_options(args: argparse.Namespace) -> dict:
         "batch_size": args.batch_size,
         "progress": not args.quiet,
         "device": args.device,
-        "precision": args.precision,
+        **execution_options(args),
     }
 
 

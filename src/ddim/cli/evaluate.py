@@ -12,7 +12,14 @@ from tqdm.auto import tqdm
 from ddim import distributed
 from ddim import evaluate as sweep
 from ddim.checkpoint import load
-from ddim.cli._args import DEFAULT_MODEL, device_arg, int_at_least, int_list
+from ddim.cli._args import (
+    DEFAULT_MODEL,
+    add_execution_options,
+    device_arg,
+    execution_options,
+    int_at_least,
+    int_list,
+)
 from ddim.data import load_images
 from ddim.metrics import Extractor, FeatureStats, cached_feature_stats, load_extractor
 from ddim.metrics.extractors import INCEPTION_ENV
@@ -102,6 +109,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
     )
+    add_execution_options(p)
     p.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder (default: evaluation)")
     p.add_argument(
         "--cache-dir",
@@ -118,7 +126,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = sweep.SweepConfig(
         steps=tuple(args.steps), etas=tuple(args.eta), n=args.n, seed=args.seed, spacing=args.spacing,
-        batch_size=args.batch_size, kid_subset_size=args.kid_subset,
+        batch_size=args.batch_size, kid_subset_size=args.kid_subset, **execution_options(args),
     )  # fmt: skip
     if args.dry_run:
         nfe = sum(config.n * s for s, _ in config.cells())
@@ -131,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     ref, ref_key = _reference_stats(args, model.image_shape, extractor)
     identity = {
         "model": sweep.model_fingerprint(model), "reference": ref_key, "extractor": extractor.fingerprint,
-        "spacing": config.spacing, "kid_subset_size": config.kid_subset_size,
+        "spacing": config.spacing, "kid_subset_size": config.kid_subset_size, "precision": config.precision,
     }  # fmt: skip
     if args.overwrite and main:
         (args.out / "results.json").unlink(missing_ok=True)

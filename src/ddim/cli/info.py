@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         "parameters": model.num_parameters,
         "image_shape": list(model.image_shape),
         "prediction": model.prediction,
+        "classes": None if model.num_classes is None else list(model.class_names) or model.num_classes,
         "schedule": model.schedule.describe(),
         "info": model.info,
     }

@@ -56,7 +56,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model = load(args.model)
-    seq = timesteps(model.schedule.num_timesteps, args.steps, args.spacing)
+    seq = timesteps(model.schedule.num_timesteps, args.steps, args.spacing, model.schedule)
     start = time.perf_counter()
     z0, z1 = _endpoints(args, model, seq)
     frames = interpolate(model, z0, z1, args.num, timesteps=seq, **model_options(args))

@@ -40,7 +40,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     model = load(args.model)
     x0 = read_images(args, model)
-    seq = timesteps(model.schedule.num_timesteps, args.steps, args.spacing)
+    seq = timesteps(model.schedule.num_timesteps, args.steps, args.spacing, model.schedule)
     start = time.perf_counter()
     x_T = invert(model, x0, timesteps=seq, **model_options(args))
     seconds = time.perf_counter() - start

@@ -12,19 +12,36 @@ from torch import Tensor
 
 from ddim import distributed
 from ddim.checkpoint import load
-from ddim.cli._args import DEFAULT_MODEL, device_arg, eta_arg, int_at_least, int_list
+from ddim.cli._args import (
+    DEFAULT_MODEL,
+    add_execution_options,
+    class_list,
+    device_arg,
+    eta_arg,
+    execution_options,
+    guidance_arg,
+    int_at_least,
+    int_list,
+)
 from ddim.cli._images import read_latents
+from ddim.guidance import conditioning
 from ddim.io import save_samples, save_trajectory_gif
-from ddim.sampling import PRECISIONS, SAMPLERS, sample
+from ddim.models import Model
+from ddim.sampling import SAMPLERS, sample
 from ddim.schedule import SPACINGS, custom_timesteps, timesteps
+from ddim.streaming import sample_to_folder
 
 SAMPLE_EXAMPLES = """examples:
   ddim sample                                   16 images of the default model -> samples.png
   ddim sample --steps 10 --eta 0 --seed 3       deterministic DDIM, 10 network evaluations
   ddim sample --sampler ddpm --steps 1000       the DDPM ancestral sampler
+  ddim sample --sampler plms --spacing logsnr --steps 10   a higher-order ODE solver, 10 evaluations
   ddim sample --n 1000 --out-dir samples/ --npz samples.npz --quiet
+  ddim sample -n 50000 --out-dir fid/ --quiet   streams; run it again to resume
+  ddim sample --precision bf16 --channels-last --compile     faster network evaluations
   ddim sample --steps 20 --trajectory traj.gif  watch x_t and the predicted x0 denoise
   ddim sample --latents latents.npz             decode the latents of `ddim invert`
+  ddim sample --model cond.safetensors --class 0,1,2,3 --guidance 2   classifier-free guidance
 """
 
 
@@ -58,7 +75,11 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--eta", type=eta_arg, default=None, help="noise level η in [0, 1] for --sampler ddim (default: 0)"
     )
     p.add_argument(
-        "--sampler", choices=SAMPLERS, default="ddim", help="ddim (any η), ddpm (η = 1), ddpm-large (σ̂)"
+        "--sampler",
+        choices=SAMPLERS,
+        default="ddim",
+        help="ddim (any η), ddpm (η = 1), ddpm-large (σ̂), or the higher-order ODE solvers dpm-solver++ "
+        "and plms (η = 0; docs/samplers.md) (default: ddim)",
     )
     p.add_argument(
         "--spacing", choices=SPACINGS, default="uniform", help="timestep sub-sequence (default: uniform)"
@@ -79,19 +100,40 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
     )
-    p.add_argument(
-        "--precision", choices=PRECISIONS, default="fp32", help="network precision (default: fp32)"
-    )
+    add_execution_options(p)
     p.add_argument(
         "--out", type=Path, default=None, help="grid PNG (default: samples.png unless --out-dir/--npz)"
     )
     p.add_argument(
-        "--out-dir", type=Path, default=None, help="write one PNG per sample into this folder (000000.png, …)"
-    )
+        "--out-dir", type=Path, default=None,
+        help="write one PNG per sample into this folder (000000.png, …); alone, each batch is written "
+        "as it is made and a stopped run, started again, skips the finished batches",
+    )  # fmt: skip
     p.add_argument(
         "--npz", type=Path, default=None, help="write an .npz: images (uint8 NHWC) and x (float32 NCHW)"
     )
     p.add_argument("--nrow", type=int_at_least(1), default=None, help="grid columns (default: about √n)")
+    p.add_argument(
+        "--class",
+        dest="classes",
+        type=class_list,
+        default=None,
+        help="class-conditional models: one class for all samples or one per sample, by index or "
+        "name (e.g. 7 or 0,1,2; default: unconditional)",
+    )
+    p.add_argument(
+        "--guidance",
+        type=guidance_arg,
+        default=None,
+        help="classifier-free guidance weight w in [0, 20]: 0 unconditional, 1 conditional (default: 1)",
+    )
+    p.add_argument(
+        "--dynamic-threshold",
+        type=float,
+        default=None,
+        metavar="P",
+        help="Imagen's dynamic thresholding of x̂0 at percentile P in (0, 1], e.g. 0.995 (default: off)",
+    )
     p.add_argument("--trajectory", type=Path, default=None, help="GIF of x_t and x̂0 over the steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
@@ -112,15 +154,18 @@ def run(args: argparse.Namespace) -> int:
     elif args.steps is None and stored is not None:
         seq = custom_timesteps(T, stored)  # decode with the sub-sequence the latents were inverted with
     else:
-        seq = timesteps(T, 50 if args.steps is None else args.steps, args.spacing)
-    n = _count(args.n, latents)
+        seq = timesteps(T, 50 if args.steps is None else args.steps, args.spacing, model.schedule)
+    n = _count(args.n, latents, args.classes)
+    labels, w = conditioning(model, args.classes, args.guidance, n)  # checked before any sampling
     out = args.out if args.out is not None or args.out_dir or args.npz else Path("samples.png")
     main = distributed.is_main()
     settings = {
         "model": str(args.model), "n": n, "latents": None if latents is None else str(args.latents),
         "sampler": args.sampler, "eta": args.eta, "steps": len(seq), "seed": args.seed,
-        "device": str(device), "precision": args.precision, "processes": distributed.world_size(),
+        "device": str(device), **execution_options(args), "processes": distributed.world_size(),
     }  # fmt: skip
+    if labels is not None:
+        settings |= {"classes": labels.tolist(), "guidance": w}
     if args.dry_run:
         if main:
             print(json.dumps({**settings, "timesteps": seq.tolist()}, indent=2))
@@ -131,15 +176,22 @@ def run(args: argparse.Namespace) -> int:
             f"using its {len(seq)} distinct steps"
         )
     shard = distributed.shard(n)  # this process's samples: all of them for one process
+    noise = None if latents is None else latents[shard.start : shard.stop]
+    options = {
+        "steps": len(seq), "timesteps": seq, "eta": args.eta, "sampler": args.sampler, "seed": args.seed,
+        "clip": args.clip, "batch_size": args.batch_size, "device": device,
+        "progress": main and not args.quiet, **execution_options(args),
+        "guidance": args.guidance, "dynamic_threshold": args.dynamic_threshold,
+    }  # fmt: skip
     start = time.perf_counter()
+    if out is None and args.npz is None and args.trajectory is None:  # --out-dir alone
+        return _stream(model, args.out_dir, shard, latents, labels, options, start)
     x, trajectory = torch.empty(0, *model.image_shape), None
     if len(shard):
         result = sample(
-            model, len(shard), noise=None if latents is None else latents[shard.start : shard.stop],
-            steps=len(seq), timesteps=seq, eta=args.eta, sampler=args.sampler,
-            seed=args.seed, clip=args.clip, batch_size=args.batch_size, progress=main and not args.quiet,
-            device=device, precision=args.precision, return_trajectory=args.trajectory is not None,
-            start_index=shard.start,
+            model, len(shard), noise=noise, start_index=shard.start,
+            classes=None if labels is None else labels[shard.start : shard.stop],
+            return_trajectory=args.trajectory is not None, **options,
         )  # fmt: skip
         x, trajectory = result if isinstance(result, tuple) else (result, None)
     written = save_samples(x, out_dir=args.out_dir, first_index=shard.start) if args.out_dir else []
@@ -158,10 +210,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count(n: int | None, latents: Tensor | None) -> int:
-    """--n: 16 by default; with --latents, all of them or the first n."""
+def _stream(
+    model: Model,
+    out_dir: Path,
+    shard: range,
+    latents: Tensor | None,
+    labels: Tensor | None,
+    options: dict,
+    start: float,
+) -> int:
+    """Write each batch as soon as it is sampled; skip the batches a stopped run finished."""
+    done = sample_to_folder(model, out_dir, shard, noise=latents, classes=labels, **options)
+    sampled, skipped = distributed.all_reduce_sum([done.sampled, done.skipped], options["device"])
+    seconds, steps = time.perf_counter() - start, options["steps"]
+    if distributed.is_main():
+        kept = f"; {skipped:.0f} finished earlier, kept" if skipped else ""
+        print(f"{sampled:.0f} samples, {steps} steps, {seconds:.1f} s ({seconds / steps:.3f} s/step){kept}")
+        print(f"wrote {out_dir}")
+    return 0
+
+
+def _count(n: int | None, latents: Tensor | None, classes: list[str] | None) -> int:
+    """--n: 16 by default, or one per class of a --class list; with --latents, all or the first n."""
     if latents is None:
-        return 16 if n is None else n
+        return n if n is not None else len(classes) if classes and len(classes) > 1 else 16
     if n is not None and n > len(latents):
         raise ValueError(f"--n {n} asks for more samples than the {len(latents)} latents given")
     return len(latents) if n is None else n

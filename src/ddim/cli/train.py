@@ -16,6 +16,7 @@ TRAIN_EXAMPLES = """examples:
   ddim train --data photos/ --out runs/cats --config cifar.toml --set net.resolution=64
   ddim train --out runs/mnist --resume --steps 12000    continue (and extend) a run
   ddim train --data mnist.npz --out runs/x --dry-run    print the resolved config
+  ddim train --data mnist.npz --out runs/mnist-cond --conditional   class-conditional (labels: y_train)
 
 settings: the defaults, then --config FILE (TOML), then the flags below, then --set KEY=VALUE
 (TOML values; dotted keys reach the net table, e.g. --set net.ch=64 --set 'net.ch_mult=[1,2,2]').
@@ -24,7 +25,8 @@ Ctrl-C saves a checkpoint and exits; --resume continues exactly where it stopped
 
 # flag → TrainConfig field, for the settings common enough to deserve a flag
 _FLAGS = {"data": "data", "steps": "steps", "batch_size": "batch_size", "lr": "lr", "seed": "seed",
-          "precision": "precision"}  # fmt: skip
+          "precision": "precision", "conditional": "conditional",
+          "class_dropout": "class_dropout"}  # fmt: skip
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +54,20 @@ def add(sub: argparse._SubParsersAction) -> None:
         choices=("fp32", "bf16"),
         default=None,
         help=f"forward autocast (default: {d.precision})",
+    )
+    p.add_argument(
+        "--conditional",
+        action="store_const",
+        const=True,
+        default=None,
+        help="class-conditional, for classifier-free guidance: labels from the .npz array "
+        f"{d.label_key} (--set label_key=...) or the image folder's sub-folder names",
+    )
+    p.add_argument(
+        "--class-dropout",
+        type=float,
+        default=None,
+        help=f"conditional runs: share of labels dropped to the null class (default: {d.class_dropout})",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, TOML value")
     p.add_argument(

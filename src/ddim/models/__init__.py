@@ -15,7 +15,9 @@ class Model:
     """A network `net(x_t, t)`, its noise schedule, the shape of one sample and what it predicts.
 
     `net.config.to_dict()` must describe the network (the checkpoint stores it); `info` holds
-    free-form provenance (training settings, source file), saved as-is.
+    free-form provenance (training settings, source file), saved as-is. A class-conditional
+    network (`net.config.num_classes` set) is called `net(x_t, t, y)`, y = num_classes being
+    the null class; `class_names` optionally names its classes, one name each.
     """
 
     net: nn.Module
@@ -23,6 +25,7 @@ class Model:
     image_shape: tuple[int, int, int]  # (C, H, W)
     prediction: Prediction = "eps"
     info: dict = field(default_factory=dict)
+    class_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         shape = tuple(self.image_shape)
@@ -30,7 +33,26 @@ class Model:
             raise ValueError(f"image_shape must be (C, H, W) positive integers, got {self.image_shape}")
         object.__setattr__(self, "image_shape", shape)
         check_prediction(self.prediction)
+        names = tuple(self.class_names)
+        object.__setattr__(self, "class_names", names)
+        if any(not isinstance(name, str) or not name for name in names):
+            raise ValueError(f"class names must be non-empty strings, got {list(names)}")
+        if names and (len(names) != (self.num_classes or 0) or len(set(names)) != len(names)):
+            raise ValueError(
+                f"class_names must be {self.num_classes or 0} distinct names (one per class of the "
+                f"network), got {list(names)}"
+            )
+
+    @property
+    def num_classes(self) -> int | None:
+        """The number of classes of a class-conditional network; None if it is unconditional."""
+        return num_classes(self.net)
 
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
+
+
+def num_classes(net: object) -> int | None:
+    """`net.config.num_classes`: how many classes a conditional network has (None: unconditional)."""
+    return getattr(getattr(net, "config", None), "num_classes", None)

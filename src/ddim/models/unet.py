@@ -1,10 +1,12 @@
 """The DDPM U-Net (Ho et al. 2020, App. B), which the DDIM paper reuses unchanged.
 
 A PixelCNN++-style U-Net: residual blocks with GroupNorm and swish, a sinusoidal timestep
-embedding added in every block, self-attention at chosen resolutions. Module names follow the
+embedding added in every block, self-attention at chosen resolutions. With `num_classes` set, a
+learned class embedding (num_classes + 1 rows, the last the "null" class of classifier-free
+guidance, Ho & Salimans 2022) is added to the timestep embedding. Module names follow the
 official PyTorch port (`temb.dense.0`, `down.0.block.0.conv1`, `down.1.attn.0.q`, `mid.block_1`,
 `up.3.upsample.conv`, `norm_out`, `conv_out`, …) so published checkpoints load without renaming.
-The network knows no diffusion maths: it maps (x_t, t) to one tensor shaped like x_t.
+The network knows no diffusion maths: it maps (x_t, t[, y]) to one tensor shaped like x_t.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class UNetConfig:
     dropout: float = 0.1
     resamp_with_conv: bool = True
     norm_groups: int = 32
+    num_classes: int | None = None  # class-conditional with this many classes (None: unconditional)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(self.ch_mult))
@@ -71,16 +74,18 @@ class UNetConfig:
                 )
         if not 0 <= self.dropout < 1:
             raise ValueError(f"unet.dropout must be in [0, 1), got {self.dropout}")
+        k = self.num_classes
+        if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
+            raise ValueError(f"unet.num_classes must be a positive integer or absent, got {k!r}")
 
     def resolutions(self) -> tuple[int, ...]:
         """The feature-map size of each level, top to bottom."""
         return tuple(self.resolution // 2**i for i in range(len(self.ch_mult)))
 
     def to_dict(self) -> dict:
-        return {
-            "type": "unet",
-            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()},
-        }
+        """The config as plain data; `num_classes` only when set, so unconditional configs are unchanged."""
+        items = {k: v for k, v in asdict(self).items() if not (k == "num_classes" and v is None)}
+        return {"type": "unet", **{k: list(v) if isinstance(v, tuple) else v for k, v in items.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
@@ -173,7 +178,8 @@ def _level(blocks: list[nn.Module], attns: list[nn.Module]) -> nn.Module:
 
 
 class UNet(nn.Module):
-    """ε_θ(x_t, t) of DDPM: (B, C_in, R, R) and int64 timesteps (B,) → (B, C_out, R, R)."""
+    """ε_θ(x_t, t[, y]) of DDPM: (B, C_in, R, R), int64 timesteps (B,) and, for a conditional
+    net, int64 classes (B,) in [0, num_classes] (num_classes = the null class) → (B, C_out, R, R)."""
 
     def __init__(self, config: UNetConfig):
         super().__init__()
@@ -223,9 +229,17 @@ class UNet(nn.Module):
 
         self.norm_out = _norm(block_in, g)
         self.conv_out = nn.Conv2d(block_in, c.out_channels, 3, padding=1)
+        if c.num_classes is not None:  # created last: the other weights initialise as unconditionally
+            self.class_embedding = nn.Embedding(c.num_classes + 1, temb_ch)  # last row: the null class
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """y: class labels (B,) of a conditional net; None means the null class (unconditional)."""
         temb = self.temb.dense[1](F.silu(self.temb.dense[0](timestep_embedding(t, self.config.ch))))
+        if self.config.num_classes is not None:
+            y = torch.full_like(t, self.config.num_classes) if y is None else y
+            temb = temb + self.class_embedding(y.to(temb.device))  # (B, 4·ch)
+        elif y is not None:
+            raise ValueError("this U-Net is unconditional (num_classes is not set): it takes no class labels")
 
         hs = [self.conv_in(x)]
         for level in self.down:

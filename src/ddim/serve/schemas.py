@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from ddim.sampling import Sampler
+from ddim.sampling import Sampler, check_eta
 from ddim.schedule import Spacing
 from ddim.serve.limits import Limits
 
@@ -30,7 +30,9 @@ def request_models(limits: Limits, num_timesteps: int) -> Requests:
         model_config = strict
         n: int = Field(4, ge=1, le=limits.max_n, description="number of images")
         steps: int = Field(20, ge=1, le=max_steps, description="sampling steps S")
-        sampler: Sampler = Field("ddim", description="ddim (any η), ddpm (η = 1) or ddpm-large (σ̂)")
+        sampler: Sampler = Field(
+            "ddim", description="ddim (any η), ddpm (η = 1), ddpm-large (σ̂), dpm-solver++ or plms (η = 0)"
+        )
         eta: float | None = Field(None, ge=0, le=1, description="η for sampler ddim (default 0)")
         spacing: Spacing = Field("uniform", description="the timestep sub-sequence")
         seed: int = Field(0, ge=0, le=MAX_SEED, description="image i of the grid uses seed (seed, i)")
@@ -39,9 +41,7 @@ def request_models(limits: Limits, num_timesteps: int) -> Requests:
         @field_validator("eta")
         @classmethod
         def _eta_only_for_ddim(cls, eta: float | None, info: ValidationInfo) -> float | None:
-            sampler = info.data.get("sampler", "ddim")
-            if eta is not None and sampler != "ddim" and eta != 1:
-                raise ValueError(f"sampler {sampler!r} fixes η = 1; eta is only for sampler 'ddim'")
+            check_eta(info.data.get("sampler", "ddim"), eta)
             return eta
 
     class InterpolationRequest(BaseModel):

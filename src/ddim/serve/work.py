@@ -43,7 +43,7 @@ class Result:
 
 
 def _sequence(model: Model, steps: int, spacing: Spacing) -> Tensor:
-    return timesteps(model.schedule.num_timesteps, steps, spacing)
+    return timesteps(model.schedule.num_timesteps, steps, spacing, model.schedule)
 
 
 def _cancel_hook(cancel: threading.Event) -> Callable[[StepInfo], None]:

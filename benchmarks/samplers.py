@@ -1,0 +1,364 @@
+"""Quality per network evaluation (NFE): DDIM, DPM-Solver++(2M) and PLMS × timestep spacing.
+
+    python -m benchmarks.samplers                                    # toy part: exact, minutes
+    python -m benchmarks.samplers --part mnist --n 2000              # FID of the shipped model: hours
+
+Every cell (sampler, spacing, budget S) samples with `ddim.sample(..., steps=S)`, one network
+evaluation per step, so NFE = S (fewer when the spacing repeats timesteps, which the tables
+show); every cell starts sample i from the same x_T (seed (0, i)), so cells differ only by the
+sampler.
+
+Toy part: analytic Gaussian mixtures (`ddim.toy`), whose exact E[ε | x_t] stands in for a
+perfectly trained network, so the only error left is the sampler's.
+  ring    8 Gaussians, std 0.05, on a circle of radius 0.8 in 2-D;
+  glyphs  the glyphs of `ddim.toy.toy_model` at 8×8 pixels (D = 64), pixel noise 0.1.
+Quality, each with its floor (the score of n exact draws of the data, what a perfect sampler
+would get):
+  mode_w2  per-mode moment error: samples join their nearest mode; the W2 distance per dimension
+           between each mode's fitted and true Gaussian, averaged with the true weights
+           (mode_tv, the total variation of the modes' shares, is in the JSON);
+  sw2      the sliced Wasserstein-2 distance between the n samples and n exact draws, over 128
+           fixed random directions (dominated by the random shares of the modes at this n);
+  ode_rms  the RMS distance of the first --n-ode samples from the exact ODE solution from the
+           same x_T (`toy.probability_flow`): the pure discretization error, no floor.
+
+MNIST part: FID of n samples of the shipped model (`mnist` features, as `ddim evaluate`)
+against the training set, with the floor of n random test images. Resumable: measured cells
+are kept in the JSON, which is rewritten after each cell.
+
+Each part writes OUT/samplers-PART.json and .md (tables) and PLOT (quality vs NFE, one line per
+sampler, one panel per spacing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import ddim
+from ddim.io import atomic_write
+from ddim.schedule import NoiseSchedule, timesteps
+from ddim.toy import MixtureDenoiser, glyphs, probability_flow
+
+SAMPLERS = ("ddim", "dpm-solver++", "plms")
+SPACINGS = ("uniform", "quadratic", "trailing", "logsnr")
+BUDGETS = (5, 10, 15, 20, 50)
+PROBLEMS = {"ring": 20_000, "glyphs": 5_000}  # toy problems and their default samples per cell
+METRICS = {"toy": ("mode_w2", "sw2", "ode_rms"), "mnist": ("fid",)}  # the first is the headline
+
+
+@dataclass(frozen=True)
+class Grid:
+    samplers: tuple[str, ...]
+    spacings: tuple[str, ...]
+    budgets: tuple[int, ...]
+
+    def cells(self) -> Iterator[tuple[str, str, int]]:
+        for sampler in self.samplers:
+            for spacing in self.spacings:
+                for budget in self.budgets:
+                    yield sampler, spacing, budget
+
+
+def toy_problem(name: str, schedule: NoiseSchedule) -> MixtureDenoiser:
+    if name == "ring":
+        angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
+        return MixtureDenoiser(schedule, 0.8 * torch.stack([angle.cos(), angle.sin()], 1), 0.05)
+    if name == "glyphs":
+        return MixtureDenoiser(schedule, glyphs(8), 0.1)
+    raise ValueError(f"unknown toy problem {name!r}; choose from {', '.join(PROBLEMS)}")
+
+
+def sliced_w2(a: Tensor, b: Tensor, directions: Tensor) -> float:
+    """√(mean over the directions θ of W2²(θ·a, θ·b)) for a, b (n, *shape) with the same n:
+    the 1-D W2 between two equal-size samples pairs their sorted values."""
+    pa = (a.flatten(1).double() @ directions).sort(0).values  # (n, K)
+    pb = (b.flatten(1).double() @ directions).sort(0).values
+    return (pa - pb).pow(2).mean().sqrt().item()
+
+
+def mode_moments(x: Tensor, net: MixtureDenoiser) -> dict[str, float]:
+    """Per-mode moment errors: each sample joins its nearest mixture mean; for each mode k, the
+    W2 distance per dimension between N(m̂_k, ŝ_k² I), fitted to its samples (ŝ_k² the mean
+    per-dimension variance), and the true N(μ_k, s_k² I): √(‖m̂_k − μ_k‖²/D + (ŝ_k − s_k)²).
+    mode_w2 averages them in square with the true weights (∞ if a mode got < 2 samples);
+    mode_tv = ½ Σ |f̂_k − w_k| for the share f̂_k of the samples in each mode."""
+    x = x.flatten(1).double()  # (n, D)
+    means = net.means.flatten(1)  # (K, D)
+    nearest = torch.cdist(x, means).argmin(1)  # (n,)
+    w2, tv = 0.0, 0.0
+    for k, (mu, s, w) in enumerate(zip(means, net.stds.tolist(), net.weights.tolist(), strict=True)):
+        xs = x[nearest == k]  # (n_k, D)
+        tv += abs(len(xs) / len(x) - w) / 2
+        if len(xs) < 2:
+            return {"mode_w2": math.inf, "mode_tv": tv}
+        fitted_std = xs.var(0).mean().sqrt().item()
+        w2 += w * ((xs.mean(0) - mu).pow(2).mean().item() + (fitted_std - s) ** 2)
+    return {"mode_w2": math.sqrt(w2), "mode_tv": tv}
+
+
+def random_directions(dim: int, k: int = 128, seed: int = 0) -> Tensor:
+    d = torch.randn(dim, k, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    return d / d.norm(dim=0)  # (D, K) unit columns
+
+
+def run_toy(name: str, grid: Grid, n: int, n_ode: int, seed: int, rk4_steps: int, batch_size: int) -> dict:
+    """Every cell of the grid on one toy problem, with the noise floor and the ODE reference's accuracy."""
+    schedule = NoiseSchedule.linear()
+    net = toy_problem(name, schedule)
+    shape = net.config.shape
+    x_T = ddim.seeded_latents(shape, seed, range(n))  # what sample(seed=seed) starts sample i from
+    data = [net.sample_data(n, torch.Generator().manual_seed(seed + k))[0] for k in (1, 2)]
+    directions = random_directions(math.prod(shape))
+    quality = lambda x: {"sw2": sliced_w2(x, data[0], directions), **mode_moments(x, net)}  # noqa: E731
+    references: dict[int, Tensor] = {}  # start timestep → exact ODE solution of x_T[:n_ode]
+
+    def reference(start: int) -> Tensor:
+        if start not in references:
+            a = schedule.alpha_bar_at(start).item()
+            references[start] = probability_flow(net, x_T[:n_ode], a, 1.0, rk4_steps)
+        return references[start]
+
+    cells = []
+    for sampler, spacing, budget in grid.cells():
+        ts = timesteps(schedule.num_timesteps, budget, spacing, schedule)
+        start = time.perf_counter()
+        x = ddim.sample(
+            net, noise=x_T, schedule=schedule, timesteps=ts, sampler=sampler, seed=seed, batch_size=batch_size
+        )
+        seconds = time.perf_counter() - start
+        ode = (x[:n_ode].double() - reference(int(ts[0]))).pow(2).mean().sqrt().item()
+        cells.append({
+            "sampler": sampler, "spacing": spacing, "budget": budget, "nfe": len(ts),
+            "timesteps": ts.tolist(), **quality(x), "ode_rms": ode, "seconds": round(seconds, 2),
+        })  # fmt: skip
+        scores = ", ".join(f"{k} {cells[-1][k]:.4g}" for k in ("mode_w2", "mode_tv", "sw2", "ode_rms"))
+        print(f"{name} {sampler:12s} {spacing:9s} NFE {len(ts):2d}: {scores}", flush=True)
+    check = probability_flow(net, x_T[:n_ode], schedule.alpha_bar[-1].item(), 1.0, 2 * rk4_steps)
+    return {
+        "problem": name, "shape": list(shape), "n": n, "n_ode": n_ode, "seed": seed,
+        "floor": quality(data[1]), "rk4_steps": rk4_steps,
+        "reference_error": (check - reference(schedule.num_timesteps - 1)).abs().max().item(),
+        "cells": cells,
+    }  # fmt: skip
+
+
+def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
+    """FID of every cell not yet in `path` (an earlier run of the same model, reference, n and
+    seed, whose cells are kept), and the floor: n random test images against the reference."""
+    from ddim.data import load_images
+    from ddim.evaluate import model_fingerprint
+    from ddim.metrics import cached_feature_stats, feature_stats, frechet_distance, load_extractor
+
+    model = ddim.load(args.model)
+    extractor = load_extractor("mnist")
+    c, h, _ = model.image_shape
+    images = load_images(args.ref, key=args.ref_key, resolution=h, channels=c)
+    ref, _ = cached_feature_stats(extractor, images, args.cache_dir, label=args.ref.stem)
+    test = load_images(args.ref, key="x_test", resolution=h, channels=c)
+    floor = feature_stats(
+        extractor, test[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.n]]
+    )
+    report = {
+        "model": str(args.model), "fingerprint": model_fingerprint(model),
+        "reference": f"{args.ref}:{args.ref_key}", "n": args.n, "seed": args.seed,
+        "floor": {"fid": frechet_distance(floor.mu, floor.cov, ref.mu, ref.cov)},
+    }  # fmt: skip
+    cells = _resumable_cells(path, report)
+    for sampler, spacing, budget in grid.cells():
+        if (sampler, spacing, budget) in cells:
+            continue
+        ts = timesteps(model.schedule.num_timesteps, budget, spacing, model.schedule)
+        start = time.perf_counter()
+        x = ddim.sample(
+            model, args.n, timesteps=ts, sampler=sampler, seed=args.seed, batch_size=args.batch_size or 250
+        )
+        seconds = time.perf_counter() - start
+        stats = feature_stats(extractor, x)
+        fid = frechet_distance(stats.mu, stats.cov, ref.mu, ref.cov)
+        cells[sampler, spacing, budget] = {
+            "sampler": sampler, "spacing": spacing, "budget": budget, "nfe": len(ts),
+            "timesteps": ts.tolist(), "fid": fid, "seconds": round(seconds, 1),
+        }  # fmt: skip
+        _write_json(path, {**report, "cells": list(cells.values())})
+        print(
+            f"mnist {sampler:12s} {spacing:9s} NFE {len(ts):2d}: FID {fid:.2f} ({seconds:.0f} s)", flush=True
+        )
+    return {**report, "cells": list(cells.values())}
+
+
+def _resumable_cells(path: Path, report: dict) -> dict[tuple[str, str, int], dict]:
+    """The cells of an earlier run with the same identity (model weights, reference, n, seed)."""
+    if not path.is_file():
+        return {}
+    saved = json.loads(path.read_text())
+    if any(saved.get(k) != report[k] for k in ("fingerprint", "reference", "n", "seed")):
+        return {}
+    return {(c["sampler"], c["spacing"], c["budget"]): c for c in saved["cells"]}
+
+
+def _write_json(path: Path, payload: dict) -> Path:
+    return atomic_write(path, lambda f: f.write(json.dumps(payload, indent=1).encode()))
+
+
+FORMATS = {"mode_w2": "{:.4f}", "sw2": "{:.4f}", "ode_rms": "{:.1e}", "fid": "{:.2f}"}
+LABELS = {"mode_w2": "per-mode W2", "sw2": "sliced W2", "ode_rms": "RMS error vs exact ODE", "fid": "FID"}
+CAPTIONS = {
+    "mode_w2": "Per-mode moment error (W2 per dimension between fitted and true modes):",
+    "sw2": "Sliced Wasserstein-2 distance to exact draws of the data:",
+    "ode_rms": "RMS distance from the exact ODE solution from the same x_T:",
+    "fid": "FID (`mnist` features) against the reference set:",
+}
+
+
+def markdown(result: dict, metric: str, grid: Grid) -> str:
+    """One table: a row per (sampler, spacing), a column per budget (the NFE in brackets where the
+    spacing dropped repeated timesteps); the floor underneath, if the metric has one."""
+    by_cell = {(c["sampler"], c["spacing"], c["budget"]): c for c in result["cells"]}
+    fmt = FORMATS[metric]
+    lines = [
+        "| sampler | spacing | " + " | ".join(f"NFE {b}" for b in grid.budgets) + " |",
+        "|---|---|" + "---:|" * len(grid.budgets),
+    ]
+    for sampler in grid.samplers:
+        for spacing in grid.spacings:
+            cells = [by_cell.get((sampler, spacing, b)) for b in grid.budgets]
+            text = [
+                "—"
+                if c is None
+                else fmt.format(c[metric]) + ("" if c["nfe"] == c["budget"] else f" ({c['nfe']})")
+                for c in cells
+            ]
+            lines.append(f"| {sampler} | {spacing} | " + " | ".join(text) + " |")
+    if metric in result["floor"]:
+        floor = fmt.format(result["floor"][metric])
+        lines.append(f"| floor | (n = {result['n']}) | " + " | ".join([floor] * len(grid.budgets)) + " |")
+    return "\n".join(lines)
+
+
+def report(result: dict, metrics: tuple[str, ...], grid: Grid) -> str:
+    """The markdown of one problem: a table per metric, and the best cells of the first."""
+    parts = [f"### {result.get('problem', 'mnist')}"]
+    for metric in metrics:
+        parts += [CAPTIONS[metric], markdown(result, metric, grid)]
+    parts += [f"Best cell per budget ({metrics[0]}):", best_per_budget(result, metrics[0], grid)]
+    return "\n\n".join(parts)
+
+
+def best_per_budget(result: dict, metric: str, grid: Grid) -> str:
+    """For each budget: DDIM's best cell and the best cell of all."""
+    lines = ["| NFE | best DDIM | best overall |", "|---:|---|---|"]
+    for budget in grid.budgets:
+        cells = [c for c in result["cells"] if c["budget"] == budget]
+        ddim_cells = [c for c in cells if c["sampler"] == "ddim"]
+        best = [min(group, key=lambda c: c[metric]) if group else None for group in (ddim_cells, cells)]
+        text = ["—" if c is None else f"{c[metric]:.4g} ({c['sampler']}, {c['spacing']})" for c in best]
+        lines.append(f"| {budget} | " + " | ".join(text) + " |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], metric: str, grid: Grid, path: Path, label: Callable[[dict], str]) -> Path:
+    """Quality vs NFE: a row of panels per result (problem), a panel per spacing, a line per sampler."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FormatStrFormatter, NullLocator
+
+    rows, cols = len(results), len(grid.spacings)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False, sharey="row")
+    for r, result in enumerate(results):
+        for s, spacing in enumerate(grid.spacings):
+            ax = axes[r][s]
+            for sampler in grid.samplers:
+                line = sorted(
+                    (c["nfe"], c[metric])
+                    for c in result["cells"]
+                    if (c["sampler"], c["spacing"]) == (sampler, spacing)
+                )
+                if line:
+                    ax.plot(*zip(*line, strict=True), marker="o", ms=3, label=sampler)
+            ax.axhline(
+                result["floor"][metric], color="gray", ls="--", lw=1, label=f"floor (n = {result['n']})"
+            )
+            ax.set(xscale="log", yscale="log", title=f"{label(result)}, {spacing}")
+            ax.set_xticks(list(grid.budgets), [str(b) for b in grid.budgets])
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.grid(True, which="both", alpha=0.3)
+            if r == rows - 1:
+                ax.set_xlabel("network evaluations (NFE)")
+            if s == 0:
+                ax.set_ylabel(LABELS[metric])
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write(path, lambda f: f.write(buffer.getvalue()))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--part", choices=("toy", "mnist"), default="toy")
+    p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated (default: all three)")
+    p.add_argument("--spacings", default=",".join(SPACINGS), help="comma-separated (default: all four)")
+    p.add_argument(
+        "--budgets", default=",".join(map(str, BUDGETS)), help="steps = NFE (default: 5,10,15,20,50)"
+    )
+    p.add_argument("--problems", default=",".join(PROBLEMS), help="toy problems (default: ring,glyphs)")
+    p.add_argument(
+        "--n", type=int, default=None, help="samples per cell (default: ring 20000, glyphs 5000, mnist 2000)"
+    )
+    p.add_argument("--n-ode", type=int, default=300, help="toy: samples compared with the exact ODE solution")
+    p.add_argument("--rk4-steps", type=int, default=400, help="toy: RK4 steps of the exact ODE solution")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", default="mnist", help="mnist: built-in name or checkpoint (default: mnist)")
+    p.add_argument("--ref", type=Path, default=Path("../shared/data/mnist.npz"), help="mnist: reference .npz")
+    p.add_argument("--ref-key", default="x_train", help="mnist: reference array (default: x_train)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="mnist: reference statistics cache")
+    p.add_argument("--batch-size", type=int, default=None, help="(default: toy 4000, mnist 250)")
+    p.add_argument("--out", type=Path, default=Path("docs/results"), help="folder of the JSON and markdown")
+    p.add_argument("--plot", type=Path, default=None, help="(default: docs/images/samplers-PART.png)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    split = lambda text: tuple(s for s in text.replace(" ", "").split(",") if s)  # noqa: E731
+    grid = Grid(split(args.samplers), split(args.spacings), tuple(int(b) for b in split(args.budgets)))
+    metrics, json_path = METRICS[args.part], args.out / f"samplers-{args.part}.json"
+    start = time.perf_counter()
+    if args.part == "toy":
+        results = [
+            run_toy(p, grid, n, min(args.n_ode, n), args.seed, args.rk4_steps, args.batch_size or 4000)
+            for p in split(args.problems)
+            for n in [args.n or PROBLEMS.get(p, 0)]
+        ]
+        payload = {"problems": results}
+    else:
+        args.n = args.n or 2000
+        results = [run_mnist(args, grid, json_path)]
+        payload = results[0]
+    payload["threads"], payload["seconds"] = torch.get_num_threads(), round(time.perf_counter() - start)
+    _write_json(json_path, payload)
+    text = "\n\n".join(report(r, metrics, grid) for r in results)
+    atomic_write(json_path.with_suffix(".md"), lambda f: f.write((text + "\n").encode()))
+    image = plot(results, metrics[0], grid, args.plot or Path(f"docs/images/samplers-{args.part}.png"),
+                 lambda r: r.get("problem", "MNIST"))  # fmt: skip
+    print(text)
+    print(f"wrote {json_path}, {json_path.with_suffix('.md')}, {image} ({payload['seconds']} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Higher-order multistep solvers of the DDIM ODE: DPM-Solver++(2M) and PLMS.
+
+Both are DDIM's η = 0 step (Song et al. 2021, eq. 12) fed a prediction extrapolated from the
+network outputs of the last few steps instead of the latest one alone. So they run inside the
+same loop as DDIM (`sampling.denoise`, sampler "dpm-solver++" or "plms"), one network
+evaluation per step (NFE = S), with the same seeds, batching, devices, precision and callbacks.
+
+DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Algorithm 2), in its data-prediction form.
+With α_t = √ᾱ_t, σ_t = √(1 − ᾱ_t), λ_t = log(α_t/σ_t) at the integer timesteps, and a step
+s → t of size h = λ_t − λ_s after a step of size h' = λ_s − λ_s' (r = h'/h):
+
+    x_t = (σ_t/σ_s) x_s − α_t (e^{−h} − 1) D,    D = (1 + 1/(2r)) x̂_0(s) − 1/(2r) x̂_0(s').
+
+With D = x̂_0(s) this is exactly the DDIM step (DPM-Solver++1 is DDIM), so the 2M step is eq. 12
+with x̂_0 → D and ε̂ → (x_s − α_s D)/σ_s. The first step has no history and is first order;
+so is the last one to clean data (λ = ∞, so r = 0 and D is undefined: Lu et al.'s "lower order
+final", diffusers' final_sigmas_type="zero"), which therefore returns the network's x̂_0.
+
+PLMS, the pseudo linear multistep method of PNDM (Liu et al. 2022, arXiv 2202.09778): the
+4-step Adams–Bashforth combination of the last four ε̂, ε' = (55 ε̂_0 − 59 ε̂_1 + 37 ε̂_2 − 9 ε̂_3)/24
+(ε̂_0 the latest), moved from x_t to t' by DDIM's transfer (eq. 12 with ε̂ = ε'). Its fixed
+coefficients assume equally spaced steps. Warm-up: PNDM's first three steps are pseudo
+Runge–Kutta steps of 4 network evaluations each (12 NFE for 3 steps); here they are the
+lower-order Adams–Bashforth combinations instead — DDIM, (3 ε̂_0 − ε̂_1)/2,
+(23 ε̂_0 − 16 ε̂_1 + 5 ε̂_2)/12 — so every step costs one evaluation and NFE = S, which is
+what a budget of 5–20 evaluations needs (PNDM's warm-up alone would take 12). The last step
+to clean data uses the same combination.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ddim.models.parameterization import eps_from_x0, x0_from_eps
+from ddim.schedule import NoiseSchedule
+
+SOLVERS: tuple[str, ...] = ("dpm-solver++", "plms")
+
+# Adams–Bashforth coefficients of ε̂_0 (latest), ε̂_1, … for 1, 2, 3 and 4 past evaluations.
+ADAMS_BASHFORTH: tuple[tuple[float, ...], ...] = (
+    (1.0,),
+    (3 / 2, -1 / 2),
+    (23 / 12, -16 / 12, 5 / 12),
+    (55 / 24, -59 / 24, 37 / 24, -9 / 24),
+)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One network evaluation at timestep t, as (x̂_0, ε̂), each (B, *shape)."""
+
+    t: int
+    x0: Tensor
+    eps: Tensor
+
+
+def extrapolate(
+    sampler: str, schedule: NoiseSchedule, history: Sequence[Evaluation], x: Tensor, t_next: int
+) -> tuple[Tensor, Tensor]:
+    """The (x̂_0, ε̂) that eq. 12 should use from x at history[-1].t to t_next.
+
+    history: the latest evaluations, oldest first, the last one made at x. The DDIM and DDPM
+    samplers use the last evaluation as it is; the ODE solvers combine it with earlier ones.
+    """
+    now = history[-1]
+    a_t = schedule.alpha_bar_at(now.t).item()
+    if sampler == "dpm-solver++" and len(history) > 1 and t_next != -1:
+        x0 = dpm_solver_2m_data(schedule, history[-2], now, t_next)
+        return x0, eps_from_x0(x, x0, a_t)
+    if sampler == "plms":
+        eps = plms_eps(history)
+        return x0_from_eps(x, eps, a_t), eps
+    return now.x0, now.eps
+
+
+def half_log_snr(schedule: NoiseSchedule, t: int) -> float:
+    """λ_t = log(√ᾱ_t / √(1 − ᾱ_t)) at a training timestep t ∈ [0, T − 1]."""
+    return 0.5 * schedule.log_snr[t].item()
+
+
+def dpm_solver_2m_data(schedule: NoiseSchedule, prev: Evaluation, now: Evaluation, t_next: int) -> Tensor:
+    """D = (1 + 1/(2r)) x̂_0(now) − 1/(2r) x̂_0(prev), r = (λ_now − λ_prev)/(λ_next − λ_now)."""
+    lam_prev, lam, lam_next = (half_log_snr(schedule, t) for t in (prev.t, now.t, t_next))
+    r = (lam - lam_prev) / (lam_next - lam)
+    return (1 + 1 / (2 * r)) * now.x0 - 1 / (2 * r) * prev.x0
+
+
+def plms_eps(history: Sequence[Evaluation]) -> Tensor:
+    """ε' = the Adams–Bashforth combination of the last (up to four) ε̂, latest first."""
+    recent = list(history)[::-1][: len(ADAMS_BASHFORTH)]
+    coefficients = ADAMS_BASHFORTH[len(recent) - 1]
+    return sum(c * e.eps for c, e in zip(coefficients, recent, strict=True))

@@ -1,0 +1,130 @@
+"""Large runs (50,000 samples for FID): sample into a folder of PNGs, one batch at a time, resumably.
+
+Each batch is written as soon as it is sampled and then dropped, so memory holds one batch
+whatever n is. Files are named by sample index (000123.png) and written atomically (`io.atomic_write`):
+a file that exists is complete. A batch whose files all exist is skipped, so running a stopped
+command again finishes the job without redoing finished images; a partly written batch is
+sampled again in full. Sample i depends only on (seed, i), and the batches are the same runs of
+indices as in an uninterrupted run (so each image also sees the same batch composition, which can
+change float32 rounding), so the folder ends up byte for byte as an uninterrupted run leaves it.
+
+What the images are samples of (the model's weights, seed, timesteps, η, sampler, clip, precision,
+given latents) is recorded in the folder (`RECORD`); a run of anything else into it is refused,
+so that a folder never mixes two runs' images. Its n may differ: a folder can grow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ddim.evaluate import model_fingerprint
+from ddim.io import atomic_write, sample_png, save_samples
+from ddim.models import Model
+from ddim.sampling import _check_options, _sub_sequence, sample
+
+RECORD = ".ddim-sample.json"  # in the folder: what its images are samples of
+
+
+@dataclass(frozen=True)
+class FolderRun:
+    """What `sample_to_folder` did with its indices."""
+
+    sampled: int  # images sampled and written by this call
+    skipped: int  # images of finished batches found in the folder
+
+
+def sample_to_folder(
+    model: Model,
+    out_dir: str | os.PathLike,
+    indices: range,
+    *,
+    seed: int,
+    batch_size: int,
+    noise: Tensor | None = None,
+    classes: Tensor | None = None,
+    progress: bool = False,
+    **options,
+) -> FolderRun:
+    """Samples `indices` of `seed` as PNGs in `out_dir`, batch by batch, skipping finished batches.
+
+        Batches are indices.start + [kB, (k + 1)B), as `sample` makes them. noise: x_T by sample
+        index, (N ≥ indices.stop, C, H, W), instead of seeded noise (all of them, also under torchrun:
+        the folder records their hash). classes: labels by sample index, like noise, for a
+    class-conditional model. `options` go to `sample` (steps, guidance,
+        timesteps, eta, sampler, clip, device, precision, channels_last, compile, …).
+    """
+    if indices.step != 1:
+        raise ValueError(f"indices must be a contiguous range, got {indices}")
+    if noise is not None and len(noise) < indices.stop:
+        raise ValueError(f"noise holds {len(noise)} latents, too few for indices up to {indices.stop - 1}")
+    if classes is not None and len(classes) < indices.stop:
+        raise ValueError(f"classes holds {len(classes)} labels, too few for indices up to {indices.stop - 1}")
+    _claim(Path(out_dir), _identity(model, seed, noise, classes, options))
+    starts = range(indices.start, indices.stop, batch_size)
+    batches = [range(i, min(i + batch_size, indices.stop)) for i in starts]
+    todo = [b for b in batches if not all(sample_png(out_dir, i).is_file() for i in b)]
+    skipped = len(indices) - sum(len(b) for b in todo)
+    with tqdm(total=len(indices), initial=skipped, disable=not progress, unit="img", desc="sampling") as bar:
+        for b in todo:
+            rows = None if noise is None else noise[b.start : b.stop]
+            labels = None if classes is None else classes[b.start : b.stop]
+            x = sample(model, len(b), noise=rows, classes=labels, seed=seed, start_index=b.start, **options)
+            save_samples(x, out_dir=out_dir, first_index=b.start)
+            del x  # nothing outlives its batch
+            bar.update(len(b))
+    return FolderRun(len(indices) - skipped, skipped)
+
+
+def _identity(model: Model, seed: int, noise: Tensor | None, classes: Tensor | None, options: dict) -> dict:
+    """Everything that decides the images (batch size, channels-last, compile: rounding only)."""
+    sampler = options.get("sampler", "ddim")
+    eta, clip = _check_options(
+        sampler, options.get("eta"), options.get("clip"), None, options.get("precision", "fp32")
+    )
+    seq = _sub_sequence(
+        model.schedule, options.get("steps"), options.get("spacing", "uniform"), options.get("timesteps")
+    )
+    latents = None if noise is None else _digest(noise.float())
+    return {
+        "model": model_fingerprint(model), "seed": seed, "latents": latents, "timesteps": seq.tolist(),
+        "sampler": sampler, "eta": eta, "clip": clip, "precision": options.get("precision", "fp32"),
+        "classes": None if classes is None else _digest(classes), "guidance": options.get("guidance"),
+        "dynamic_threshold": options.get("dynamic_threshold"),
+    }  # fmt: skip
+
+
+def _digest(x: Tensor) -> str:
+    return hashlib.sha1(x.cpu().numpy().tobytes()).hexdigest()
+
+
+def _claim(out_dir: Path, identity: dict) -> None:
+    """Refuse a folder holding samples of another run; record this run's identity in it."""
+    has_images = out_dir.is_dir() and any(out_dir.glob("*.png"))  # listed before the record is read
+    record = out_dir / RECORD
+    if record.is_file():
+        try:
+            theirs = json.loads(record.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{record} is not readable ({e}); delete it or choose another folder") from None
+        for key, value in identity.items():
+            if theirs.get(key) != value:
+                shown = (
+                    ""
+                    if key in ("model", "latents", "classes", "timesteps")
+                    else f" ({theirs.get(key)!r}, now {value!r})"
+                )
+                raise ValueError(
+                    f"{out_dir} holds samples of another {key}{shown}; choose another folder or empty it"
+                )
+    elif has_images:
+        raise ValueError(
+            f"{out_dir} holds PNGs that no resumable run recorded; choose another folder or empty it"
+        )
+    atomic_write(record, lambda f: f.write(json.dumps(identity, indent=2).encode()))
