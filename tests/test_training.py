@@ -197,7 +197,8 @@ def test_cli_never_overwrites_a_run_and_resume_checks_settings(tmp_path, dataset
     assert ddim.load(out / "model.safetensors").info["step"] == 8
 
 
-def test_ctrl_c_saves_and_exits_cleanly(tmp_path, dataset):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_saves_and_exits_cleanly(tmp_path, dataset, stop):
     config = tmp_path / "c.toml"
     config.write_text(
         to_toml(tiny_config(dataset, steps=100000, checkpoint_every=100000, sample_every=0).to_dict())
@@ -212,7 +213,7 @@ def test_ctrl_c_saves_and_exits_cleanly(tmp_path, dataset):
         assert proc.poll() is None, proc.stderr.read()
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(stop)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr

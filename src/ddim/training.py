@@ -48,7 +48,7 @@ class TrainingError(RuntimeError):
 class TrainResult:
     step: int  # optimizer steps done
     checkpoint: Path  # the EMA model of the last checkpoint
-    interrupted: bool  # stopped early by Ctrl-C (after saving)
+    interrupted: bool  # stopped early by Ctrl-C or SIGTERM (after saving)
 
 
 def batch_indices(num_images: int, batch_size: int, seed: int, step: int) -> Tensor:
@@ -209,7 +209,7 @@ def _loop(s: _Session, start: int, wall: float, progress: bool) -> TrainResult:
     bar = tqdm(total=config.steps, initial=start, disable=not progress, unit="step", desc="training")
     s.net.train()
     done, stop = start, False
-    with _sigint_flag() as interrupted, bar:
+    with _stop_flag() as interrupted, bar:
         for step in range(start, config.steps):
             tick = time.perf_counter()
             loss, grad_norm, stop = _global_step(s, step, interrupted.is_set())
@@ -294,14 +294,17 @@ def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _sigint_flag() -> Iterator[threading.Event]:
-    """An Event set by Ctrl-C (SIGINT) instead of raising, so the loop can save and stop cleanly."""
+def _stop_flag() -> Iterator[threading.Event]:
+    """An Event set by Ctrl-C (SIGINT) or SIGTERM (kill, a cluster's pre-emption) instead of
+    stopping the process, so the loop can save and stop cleanly."""
     flag = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield flag
         return
-    previous = signal.signal(signal.SIGINT, lambda *_: flag.set())
+    stops = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: flag.set()) for sig in stops}
     try:
         yield flag
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

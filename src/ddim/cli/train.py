@@ -20,7 +20,8 @@ TRAIN_EXAMPLES = """examples:
 
 settings: the defaults, then --config FILE (TOML), then the flags below, then --set KEY=VALUE
 (TOML values; dotted keys reach the net table, e.g. --set net.ch=64 --set 'net.ch_mult=[1,2,2]').
-Ctrl-C saves a checkpoint and exits; --resume continues exactly where it stopped.
+Ctrl-C (or SIGTERM) saves a checkpoint and exits (status 130); --resume continues exactly
+where it stopped.
 """
 
 # flag → TrainConfig field, for the settings common enough to deserve a flag
