@@ -1,6 +1,5 @@
 """The page in a real headless Chromium (Debian's package, driven by Playwright)."""
 
-import base64
 import io
 from collections.abc import Iterator
 
@@ -12,6 +11,7 @@ from PIL import Image
 
 import ddim
 from ddim.serve import Limits, create_app
+from ddim.serve.images import data_url
 from ddim.toy import GLYPH_NAMES, toy_model
 from serving import needs_issue4
 
@@ -96,7 +96,7 @@ def test_interpolation_slider_by_keyboard(page, tmp_path):
     slider.focus()
     for _ in range(4):
         page.keyboard.press("ArrowRight")
-    assert page.inner_text("#frame-label") == "5 / 5 (w = 1.00)"
+    assert page.inner_text("#frame-label") == "5 / 5 (α = 1.00)"
     assert page.get_attribute("#interpolate-image", "src") != first
     not_blank(page.locator("#interpolate-image").screenshot(path=tmp_path / "frame-5.png"))
 
@@ -137,4 +137,20 @@ def test_a_class_and_guidance_chosen_on_the_page_reach_the_sampler(conditional_u
         shown = page.get_attribute("#sample-image", "src")
     expected = httpx.post(f"{conditional_url}/api/sample", json=body, timeout=60)
     assert expected.status_code == 200
-    assert shown == "data:image/png;base64," + base64.b64encode(expected.content).decode()
+    assert shown == data_url(expected.content)
+
+
+def test_a_solver_with_logsnr_spacing_sends_no_eta(page, url):
+    form = page.locator("#sample-form")
+    samplers = form.locator("select[name=sampler] option").all_inner_texts()
+    assert samplers == ["ddim", "ddpm", "ddpm-large", "dpm-solver++", "plms"]
+    form.locator("select[name=sampler]").select_option("plms")
+    assert form.locator("input[name=eta]").is_disabled()  # η is for ddim only
+    form.locator("select[name=spacing]").select_option("logsnr")
+    for name, value in (("steps", "6"), ("n", "2"), ("seed", "4")):
+        form.locator(f"input[name={name}]").fill(value)
+    page.click("#sample-button")
+    page.wait_for_selector("#sample-image[data-final=true]", timeout=60_000)
+    body = {"n": 2, "steps": 6, "seed": 4, "sampler": "plms", "spacing": "logsnr"}
+    expected = httpx.post(f"{url}/api/sample", json=body, timeout=60)
+    assert page.get_attribute("#sample-image", "src") == data_url(expected.content)

@@ -134,8 +134,8 @@ function showFrame() {
   const slider = $("#frame-slider"), i = Number(slider.value);
   const weight = frames.length > 1 ? i / (frames.length - 1) : 0;
   $("#interpolate-image").src = frames[i];
-  $("#interpolate-image").alt = `frame ${i + 1} of ${frames.length}, weight ${weight.toFixed(2)}`;
-  $("#frame-label").textContent = `${i + 1} / ${frames.length} (w = ${weight.toFixed(2)})`;
+  $("#interpolate-image").alt = `frame ${i + 1} of ${frames.length}, slerp weight ${weight.toFixed(2)}`;
+  $("#frame-label").textContent = `${i + 1} / ${frames.length} (α = ${weight.toFixed(2)})`;
   slider.setAttribute("aria-valuetext", `frame ${i + 1} of ${frames.length}`);
 }
 
