@@ -1,13 +1,9 @@
-"""Helpers for tests/serve: small limits, slow models, and real uvicorn servers on 127.0.0.1."""
+"""Helpers for tests/serve: small limits and slow models (real servers: `benchmarks.browser`)."""
 
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import torch
-import uvicorn
 from torch import nn
 
 from ddim.models import Model
@@ -37,22 +33,3 @@ class SlowNet(nn.Module):
 
 def slow_model(model: Model, seconds: float) -> Model:
     return Model(SlowNet(model.net, seconds), model.schedule, model.image_shape, model.prediction)
-
-
-@contextmanager
-def live_server(app) -> Iterator[str]:
-    """Run `app` on uvicorn at 127.0.0.1 on a free port, in a thread; yield its base URL."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)

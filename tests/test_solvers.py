@@ -234,7 +234,7 @@ def test_cli_offers_the_solvers_and_logsnr_and_refuses_eta(capsys, tiny_checkpoi
 
 
 def test_serve_requests_accept_the_solvers_without_eta():
-    request = request_models(Limits(), 1000).sample
+    request = request_models(ddim.load("toy"), Limits()).sample
     assert request(sampler="plms").sampler == "plms"
     assert request(sampler="dpm-solver++", eta=0.0).eta == 0.0
     with pytest.raises(ValueError, match="deterministic ODE solver"):

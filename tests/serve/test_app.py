@@ -12,8 +12,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 import ddim
+from ddim.guidance import MAX_GUIDANCE
 from ddim.io import make_grid, to_uint8
 from ddim.serve import Limits, create_app
+from ddim.toy import GLYPH_NAMES, toy_model
 from serving import LIMITS, needs_issue4
 
 
@@ -38,6 +40,11 @@ def png_of(x: torch.Tensor) -> bytes:
     return buffer.getvalue()
 
 
+def grid_of(x: torch.Tensor, nrow: int | None = None) -> np.ndarray:
+    """The grid the server should send for images x, made here by ddim.io (not the server's code)."""
+    return make_grid(to_uint8(x), nrow, pad=0 if len(x) == 1 else 2)[..., 0]
+
+
 @pytest.mark.parametrize(("n", "nrow", "size"), [(5, None, (32, 22)), (3, 3, (32, 12)), (1, None, (8, 8))])
 def test_sample_answers_a_png_grid_of_n_images_equal_to_the_library(client, tiny_checkpoint, n, nrow, size):
     body = {"n": n, "steps": 6, "eta": 0.5, "seed": 3, "nrow": nrow}
@@ -48,8 +55,7 @@ def test_sample_answers_a_png_grid_of_n_images_equal_to_the_library(client, tiny
     grid = png_array(r.content)
     assert grid.shape[::-1] == size  # (W, H): 8-px tiles, 2 px apart and around when n > 1
     x = ddim.sample(ddim.load(tiny_checkpoint), n, steps=6, eta=0.5, seed=3)
-    expected = make_grid(to_uint8(x), nrow, pad=0 if n == 1 else 2)[..., 0]
-    assert np.array_equal(grid, expected)
+    assert np.array_equal(grid, grid_of(x, nrow))
 
 
 def test_identical_deterministic_requests_give_identical_bytes(client):
@@ -81,6 +87,101 @@ def test_the_stream_sends_previews_then_the_same_images(client):
     assert done["image"] == data_url(client.post("/api/sample", json=body).content)
 
 
+@pytest.mark.parametrize("sampler", ["dpm-solver++", "plms"])
+@pytest.mark.parametrize("spacing", ["uniform", "logsnr"])
+def test_the_solvers_and_logsnr_spacing_give_the_librarys_images(client, tiny_checkpoint, sampler, spacing):
+    body = {"n": 3, "steps": 7, "sampler": sampler, "spacing": spacing, "seed": 5}
+    r = client.post("/api/sample", json=body)
+    assert r.status_code == 200, r.text
+    x = ddim.sample(ddim.load(tiny_checkpoint), **body)
+    assert np.array_equal(png_array(r.content), grid_of(x))
+
+
+def test_model_info_lists_the_samplers_spacings_and_classes(client, conditional_client):
+    info = client.get("/api/model").json()
+    assert info["samplers"] == ["ddim", "ddpm", "ddpm-large", "dpm-solver++", "plms"]
+    assert info["spacings"] == ["uniform", "quadratic", "trailing", "linspace", "logsnr"]
+    assert (info["num_classes"], info["class_names"]) == (None, [])
+    info = conditional_client.get("/api/model").json()
+    assert (info["num_classes"], info["class_names"]) == (8, list(GLYPH_NAMES))
+    assert info["limits"]["max_guidance"] == MAX_GUIDANCE
+
+
+@pytest.mark.parametrize(
+    ("classes", "guidance"),
+    [(3, None), (3, 1), ("plus", 1), (5, 2.5), ([0, 7, 3], 0), ([1, 1, 6], 4), (None, None)],
+)
+def test_a_class_and_guidance_give_the_librarys_images(conditional_client, classes, guidance):
+    body = {"n": 3, "steps": 4, "seed": 11, "classes": classes, "guidance": guidance}
+    r = conditional_client.post("/api/sample", json=body)
+    assert r.status_code == 200, r.text
+    x = ddim.sample(toy_model(conditional=True), **body)
+    assert np.array_equal(png_array(r.content), grid_of(x))
+
+
+def test_the_stream_samples_the_class_too(conditional_client):
+    body = {"n": 2, "steps": 4, "seed": 1, "classes": "ring", "guidance": 3}
+    with conditional_client.stream("POST", "/api/sample/stream", json=body) as r:
+        name, done = parse_event(r.read().decode().strip().split("\n\n")[-1])
+    assert name == "done"
+    assert done["image"] == data_url(conditional_client.post("/api/sample", json=body).content)
+    unguided = conditional_client.post("/api/sample", json={**body, "guidance": 0}).content
+    assert done["image"] != data_url(unguided)
+
+
+@needs_issue4
+def test_interpolation_decodes_every_frame_with_the_class(conditional_client):
+    body = {"seed_a": 2, "seed_b": 5, "frames": 3, "steps": 4, "classes": "diamond", "guidance": 2}
+    r = conditional_client.post("/api/interpolate", json=body)
+    assert r.status_code == 200, r.text
+    frames = r.json()["frames"]
+    model = toy_model(conditional=True)
+    for seed, frame in ((2, frames[0]), (5, frames[-1])):
+        x = ddim.sample(model, 1, steps=4, eta=0.0, seed=seed, classes="diamond", guidance=2)
+        assert frame == data_url(png_of(x))
+
+
+BAD_CONDITIONING = [
+    ({"classes": 8}, "classes"),
+    ({"classes": "nine"}, "classes"),
+    ({"classes": True}, "classes"),
+    ({"classes": 1.5}, "classes"),
+    ({"classes": [1, 2]}, "classes"),  # n = 3: one class, or three
+    ({"classes": [[1], [2], [3]]}, "classes"),
+    ({"guidance": 2.0}, "classes"),  # nothing to guide towards
+    ({"classes": 1, "guidance": 25.5}, "guidance"),
+    ({"classes": 1, "guidance": -0.5}, "guidance"),
+]
+
+
+def library_refusal(model, **options) -> str:
+    """What `ddim.sample` says to these options (it refuses them before sampling)."""
+    with pytest.raises(ValueError, match=r".+") as refused:
+        ddim.sample(model, 3, steps=1, **options)
+    return str(refused.value)
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_CONDITIONING)
+@pytest.mark.parametrize("route", ["/api/sample", "/api/sample/stream"])
+def test_bad_classes_and_guidance_get_the_librarys_message(conditional_client, route, body, field):
+    r = conditional_client.post(route, json={"n": 3, **body})
+    assert r.status_code == 422
+    assert r.json()["message"] == f"{field}: {library_refusal(toy_model(conditional=True), **body)}"
+
+
+@pytest.mark.parametrize("body", [{"classes": 0}, {"classes": "ring", "guidance": 2.0}, {"guidance": 2.0}])
+def test_an_unconditional_model_refuses_classes_and_guidance(client, tiny_model, body):
+    r = client.post("/api/sample", json={"n": 3, **body})
+    assert r.status_code == 422
+    assert r.json()["message"] == f"classes: {library_refusal(tiny_model, **body)}"
+
+
+def test_interpolation_takes_one_class(conditional_client):
+    r = conditional_client.post("/api/interpolate", json={"classes": [1, 2]})
+    assert r.status_code == 422
+    assert r.json()["message"].startswith("classes: give one class for all 1 samples")
+
+
 BAD_SAMPLES = [
     ({"n": 0}, "n"),
     ({"n": LIMITS.max_n + 1}, "n"),
@@ -91,6 +192,9 @@ BAD_SAMPLES = [
     ({"eta": 1.5}, "eta"),
     ({"eta": "a lot"}, "eta"),
     ({"sampler": "ddpm", "eta": 0.5}, "eta"),
+    ({"sampler": "plms", "eta": 0.5}, "eta"),
+    ({"classes": 0}, "classes"),  # the tiny model is unconditional
+    ({"guidance": 1.0}, "classes"),
     ({"sampler": "euler"}, "sampler"),
     ({"spacing": "cubic"}, "spacing"),
     ({"seed": -1}, "seed"),

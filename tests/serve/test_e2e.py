@@ -2,42 +2,43 @@
 
 import io
 from collections.abc import Iterator
-from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+from benchmarks.browser import CHROMIUM, DESKTOP, PHONE, chromium, live_server, open_page
 from PIL import Image
 
 import ddim
 from ddim.serve import Limits, create_app
-from serving import live_server, needs_issue4
+from ddim.serve.images import data_url
+from ddim.toy import GLYPH_NAMES, toy_model
+from serving import needs_issue4
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
 )
+TOY_LIMITS = Limits(max_n=16, max_steps=50)
 
 
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     """The analytic toy model (32×32 glyphs: never blank when sampled right)."""
-    with live_server(create_app(ddim.load("toy"), Limits(max_n=16, max_steps=50), name="toy")) as base:
+    with live_server(create_app(ddim.load("toy"), TOY_LIMITS, name="toy")) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def conditional_url() -> Iterator[str]:
+    """The class-conditional toy model: one class per glyph."""
+    with live_server(create_app(toy_model(conditional=True), TOY_LIMITS, name="toy-cond")) as base:
         yield base
 
 
 @pytest.fixture
 def page(url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 1000, "height": 1200})
-        page.goto(url)
-        page.wait_for_selector("#model-name:not(:empty)")
-        yield page
-        browser.close()
+    with chromium() as browser:
+        yield open_page(browser, url, DESKTOP)
 
 
 def not_blank(png: bytes) -> np.ndarray:
@@ -95,23 +96,61 @@ def test_interpolation_slider_by_keyboard(page, tmp_path):
     slider.focus()
     for _ in range(4):
         page.keyboard.press("ArrowRight")
-    assert page.inner_text("#frame-label") == "5 / 5 (w = 1.00)"
+    assert page.inner_text("#frame-label") == "5 / 5 (α = 1.00)"
     assert page.get_attribute("#interpolate-image", "src") != first
     not_blank(page.locator("#interpolate-image").screenshot(path=tmp_path / "frame-5.png"))
 
 
 def test_readable_on_a_phone(url):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
-        page = browser.new_page(viewport={"width": 375, "height": 740}, device_scale_factor=2, is_mobile=True)
-        page.goto(url)
-        page.wait_for_selector("#model-name:not(:empty)")
+    with chromium() as browser:
+        page = open_page(browser, url, PHONE)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         font = page.evaluate("parseFloat(getComputedStyle(document.querySelector('label')).fontSize)")
         button = page.locator("#sample-button").bounding_box()
-        browser.close()
     assert overflow <= 0  # nothing wider than the screen
     assert font >= 12
     assert button["height"] >= 40  # a finger-sized target
+
+
+def test_an_unconditional_model_shows_no_class_or_guidance(page):
+    for form in ("#sample-form", "#interpolate-form"):
+        for name in ("classes", "guidance"):
+            field = page.locator(f"{form} [name={name}]")
+            assert not field.is_visible()
+            assert field.is_disabled()  # so the form never sends it
+
+
+def test_a_class_and_guidance_chosen_on_the_page_reach_the_sampler(conditional_url):
+    body = {"n": 4, "steps": 5, "seed": 2, "classes": 3, "guidance": 2.5}
+    with chromium() as browser:
+        page = open_page(browser, conditional_url, DESKTOP)
+        form = page.locator("#sample-form")
+        options = form.locator("select[name=classes] option").all_inner_texts()
+        assert options == ["unconditional", *GLYPH_NAMES]
+        assert form.locator("input[name=guidance]").is_disabled()  # no class chosen: nothing to guide
+        form.locator("select[name=classes]").select_option(label=GLYPH_NAMES[3])
+        form.locator("input[name=guidance]").fill("2.5")
+        for name in ("steps", "n", "seed"):
+            form.locator(f"input[name={name}]").fill(str(body[name]))
+        page.click("#sample-button")
+        page.wait_for_selector("#sample-image[data-final=true]", timeout=60_000)
+        shown = page.get_attribute("#sample-image", "src")
+    expected = httpx.post(f"{conditional_url}/api/sample", json=body, timeout=60)
+    assert expected.status_code == 200
+    assert shown == data_url(expected.content)
+
+
+def test_a_solver_with_logsnr_spacing_sends_no_eta(page, url):
+    form = page.locator("#sample-form")
+    samplers = form.locator("select[name=sampler] option").all_inner_texts()
+    assert samplers == ["ddim", "ddpm", "ddpm-large", "dpm-solver++", "plms"]
+    form.locator("select[name=sampler]").select_option("plms")
+    assert form.locator("input[name=eta]").is_disabled()  # η is for ddim only
+    form.locator("select[name=spacing]").select_option("logsnr")
+    for name, value in (("steps", "6"), ("n", "2"), ("seed", "4")):
+        form.locator(f"input[name={name}]").fill(value)
+    page.click("#sample-button")
+    page.wait_for_selector("#sample-image[data-final=true]", timeout=60_000)
+    body = {"n": 2, "steps": 6, "seed": 4, "sampler": "plms", "spacing": "logsnr"}
+    expected = httpx.post(f"{url}/api/sample", json=body, timeout=60)
+    assert page.get_attribute("#sample-image", "src") == data_url(expected.content)

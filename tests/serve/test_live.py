@@ -6,10 +6,11 @@ import time
 
 import httpx
 import pytest
+from benchmarks.browser import live_server
 from PIL import Image
 
 from ddim.serve import Limits, create_app
-from serving import LIMITS, live_server, slow_model
+from serving import LIMITS, slow_model
 
 CLIENTS = 20
 

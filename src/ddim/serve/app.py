@@ -25,6 +25,7 @@ from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from ddim import __version__
+from ddim.guidance import MAX_GUIDANCE
 from ddim.models import Model
 from ddim.sampling import SAMPLERS
 from ddim.schedule import SPACINGS, Spacing
@@ -66,7 +67,7 @@ def create_app(model: Model, limits: Limits | None = None, name: str = "model") 
         description="Sample, watch, interpolate and invert a DDIM model (Song, Meng & Ermon 2021).",
     )  # fmt: skip
     app.add_exception_handler(RequestValidationError, _unprocessable)
-    requests = request_models(limits, model.schedule.num_timesteps)
+    requests = request_models(model, limits)
     _add_assets(app)
     _add_info_routes(app, _model_info(model, limits, name))
     _add_sampling_routes(app, model, requests.sample)
@@ -77,7 +78,7 @@ def create_app(model: Model, limits: Limits | None = None, name: str = "model") 
 def _add_info_routes(app: FastAPI, info: dict[str, Any]) -> None:
     @app.get("/api/model")
     def model_info() -> dict[str, Any]:
-        """The model, the choices and the limits the page offers."""
+        """The model (its classes if it is class-conditional), the choices and the limits the page offers."""
         return info
 
     @app.get("/api/status")
@@ -165,8 +166,9 @@ def _model_info(model: Model, limits: Limits, name: str) -> dict[str, Any]:
     T = model.schedule.num_timesteps
     return {
         "name": Path(name).name, "image_shape": list(model.image_shape), "prediction": model.prediction,
-        "num_timesteps": T, "samplers": list(SAMPLERS), "spacings": list(SPACINGS),
-        "limits": {**limits.to_dict(), "max_steps": limits.steps_cap(T)},
+        "num_timesteps": T, "num_classes": model.num_classes, "class_names": list(model.class_names),
+        "samplers": list(SAMPLERS), "spacings": list(SPACINGS),
+        "limits": {**limits.to_dict(), "max_steps": limits.steps_cap(T), "max_guidance": MAX_GUIDANCE},
         "features": {feature: not missing_api(*names) for feature, names in _NEEDS.items()},
     }  # fmt: skip
 

@@ -1,16 +1,26 @@
-"""The JSON requests of the API, built for one server's limits so its OpenAPI schema states them."""
+"""The JSON requests of the API, built for one server's model and limits so its OpenAPI schema
+states them. Values the library judges (η for a sampler, classes, guidance) are checked by the
+library's own functions, so the API refuses exactly what `ddim.sample` would."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from ddim.guidance import MAX_GUIDANCE, check_guidance, conditioning
+from ddim.models import Model
 from ddim.sampling import Sampler, check_eta
 from ddim.schedule import Spacing
 from ddim.serve.limits import Limits
 
 MAX_SEED = 2**32 - 1  # JavaScript numbers hold it exactly
+_CLASS = [{"type": "integer"}, {"type": "string"}]  # JSON schemas of a class: an index, or a name
+_IMAGE_CLASSES = {"anyOf": [*_CLASS, {"type": "array", "items": {"anyOf": _CLASS}}, {"type": "null"}]}
+_FRAME_CLASS = {"anyOf": [*_CLASS, {"type": "null"}]}
+_GUIDANCE = f"classifier-free guidance weight w in [0, {MAX_GUIDANCE:g}], with classes (default 1)"
+Guidance = Annotated[float, AfterValidator(check_guidance)]
 
 
 @dataclass(frozen=True)
@@ -21,9 +31,9 @@ class Requests:
     interpolate: type[BaseModel]
 
 
-def request_models(limits: Limits, num_timesteps: int) -> Requests:
-    """Pydantic models whose bounds are `limits` (steps also ≤ the model's T)."""
-    max_steps = limits.steps_cap(num_timesteps)
+def request_models(model: Model, limits: Limits) -> Requests:
+    """Pydantic models for `model` (its classes; steps also ≤ its T) whose bounds are `limits`."""
+    max_steps = limits.steps_cap(model.schedule.num_timesteps)
     strict = ConfigDict(extra="forbid", strict=True)  # no "3" for 3, no true for 1
 
     class SampleRequest(BaseModel):
@@ -37,12 +47,24 @@ def request_models(limits: Limits, num_timesteps: int) -> Requests:
         spacing: Spacing = Field("uniform", description="the timestep sub-sequence")
         seed: int = Field(0, ge=0, le=MAX_SEED, description="image i of the grid uses seed (seed, i)")
         nrow: int | None = Field(None, ge=1, le=limits.max_n, description="grid columns (default ≈ √n)")
+        guidance: Guidance | None = Field(None, description=_GUIDANCE)  # before classes: they read it
+        classes: Any = Field(
+            None, validate_default=True,
+            description="class-conditional models: one class (index or name) for all images, or a "
+            "list of one per image (default: unconditional)",
+            json_schema_extra=_IMAGE_CLASSES,
+        )  # fmt: skip
 
         @field_validator("eta")
         @classmethod
         def _eta_only_for_ddim(cls, eta: float | None, info: ValidationInfo) -> float | None:
             check_eta(info.data.get("sampler", "ddim"), eta)
             return eta
+
+        @field_validator("classes")
+        @classmethod
+        def _the_models_classes(cls, classes: Any, info: ValidationInfo) -> list[int] | None:
+            return _labels(model, classes, info.data, info.data.get("n"))
 
     class InterpolationRequest(BaseModel):
         model_config = strict
@@ -51,5 +73,26 @@ def request_models(limits: Limits, num_timesteps: int) -> Requests:
         frames: int = Field(9, ge=2, le=limits.max_frames, description="images along the path, ends included")
         steps: int = Field(20, ge=1, le=max_steps, description="DDIM steps S (η = 0)")
         spacing: Spacing = Field("uniform", description="the timestep sub-sequence")
+        guidance: Guidance | None = Field(None, description=_GUIDANCE)
+        classes: Any = Field(
+            None, validate_default=True, json_schema_extra=_FRAME_CLASS,
+            description="class-conditional models: the class (index or name) every frame is decoded "
+            "with (default: unconditional)",
+        )  # fmt: skip
+
+        @field_validator("classes")
+        @classmethod
+        def _the_models_class(cls, classes: Any, info: ValidationInfo) -> list[int] | None:
+            return _labels(model, classes, info.data, 1)
 
     return Requests(SampleRequest, InterpolationRequest)
+
+
+def _labels(model: Model, classes: Any, data: dict[str, Any], n: int | None) -> list[int] | None:
+    """`classes` as one label per image (one for all if n = 1), or None: unconditional. Checked
+    with the request's guidance by `ddim.guidance.conditioning`, unless n or the guidance is
+    itself invalid (that error is reported instead)."""
+    if n is None or "guidance" not in data:
+        return None
+    labels, _ = conditioning(model, classes, data["guidance"], n)
+    return None if labels is None else labels.tolist()

@@ -61,9 +61,12 @@ def run_sample(
     spacing: Spacing,
     seed: int,
     nrow: int | None = None,
+    classes: list[int] | None = None,
+    guidance: float | None = None,
     emit: Emit | None = None,
 ) -> Result:
-    """`ddim.sample`, emitting a "step" event with x̂_0 and x_t grids every few steps."""
+    """`ddim.sample`, emitting a "step" event with x̂_0 and x_t grids every few steps.
+    classes: one label per image or None (unconditional); guidance: w (default 1 with classes)."""
     seq = _sequence(model, steps, spacing)
     every = max(1, math.ceil(len(seq) / PREVIEWS))
     start = time.perf_counter()
@@ -77,7 +80,10 @@ def run_sample(
                 "x0": data_url(png_bytes(info.x0, nrow)), "xt": data_url(png_bytes(info.x, nrow)),
             })  # fmt: skip
 
-    x = ddim.sample(model, n, timesteps=seq, eta=eta, sampler=sampler, seed=seed, on_step=on_step)
+    x = ddim.sample(
+        model, n, timesteps=seq, eta=eta, sampler=sampler, seed=seed, on_step=on_step,
+        classes=classes, guidance=guidance,
+    )  # fmt: skip
     return Result([png_bytes(x, nrow)], len(seq), time.perf_counter() - start)
 
 
@@ -90,8 +96,11 @@ def run_interpolation(
     frames: int,
     steps: int,
     spacing: Spacing,
+    classes: list[int] | None = None,
+    guidance: float | None = None,
 ) -> Result:
-    """`frames` images along the slerp between the latents of seeds a and b, decoded with η = 0.
+    """`frames` images along the slerp between the latents of seeds a and b, decoded with η = 0,
+    all with the same class and guidance (classes: one label, or None: unconditional).
 
     The ends are the first image that `sample(seed=seed_a)` and `sample(seed=seed_b)` give at η = 0.
     """
@@ -99,7 +108,10 @@ def run_interpolation(
     start = time.perf_counter()
     z0, z1 = (ddim.seeded_latents(model.image_shape, seed, [0])[0] for seed in (seed_a, seed_b))
     path = ddim.slerp(z0, z1, torch.linspace(0, 1, frames, dtype=torch.float64))  # (frames, C, H, W)
-    x = ddim.sample(model, noise=path, timesteps=seq, eta=0.0, on_step=_cancel_hook(cancel))
+    x = ddim.sample(
+        model, noise=path, timesteps=seq, eta=0.0, on_step=_cancel_hook(cancel),
+        classes=classes, guidance=guidance,
+    )  # fmt: skip
     return Result([png_bytes(frame[None]) for frame in x], len(seq), time.perf_counter() - start)
 
 

@@ -12,10 +12,12 @@ function setState(section, state, text) {
 }
 
 function formValues(form) {
+  // The form's fields as a JSON body; disabled fields are not sent, nor empty ones (the server's default).
   const values = {};
   for (const [key, value] of new FormData(form)) {
-    if (value instanceof File || key === "preview") continue;
-    values[key] = form.elements[key].type === "number" ? Number(value) : value;
+    if (value instanceof File || key === "preview" || value === "") continue;
+    const element = form.elements[key];
+    values[key] = element.type === "number" || "numeric" in element.dataset ? Number(value) : value;
   }
   return values;
 }
@@ -120,6 +122,11 @@ function syncEta() {
   form.elements.eta.disabled = form.elements.sampler.value !== "ddim";
 }
 
+function syncGuidance(form) {
+  // Guidance w weighs a class against the unconditional model: only with a class chosen.
+  form.elements.guidance.disabled = form.elements.classes.disabled || form.elements.classes.value === "";
+}
+
 // --- Interpolate ----------------------------------------------------------------------------
 let frames = [];
 
@@ -127,8 +134,8 @@ function showFrame() {
   const slider = $("#frame-slider"), i = Number(slider.value);
   const weight = frames.length > 1 ? i / (frames.length - 1) : 0;
   $("#interpolate-image").src = frames[i];
-  $("#interpolate-image").alt = `frame ${i + 1} of ${frames.length}, weight ${weight.toFixed(2)}`;
-  $("#frame-label").textContent = `${i + 1} / ${frames.length} (w = ${weight.toFixed(2)})`;
+  $("#interpolate-image").alt = `frame ${i + 1} of ${frames.length}, slerp weight ${weight.toFixed(2)}`;
+  $("#frame-label").textContent = `${i + 1} / ${frames.length} (α = ${weight.toFixed(2)})`;
   slider.setAttribute("aria-valuetext", `frame ${i + 1} of ${frames.length}`);
 }
 
@@ -193,6 +200,20 @@ function fillSelect(select, options, chosen) {
   select.replaceChildren(...options.map((name) => new Option(name, name, name === chosen, name === chosen)));
 }
 
+function showClasses(info, maxGuidance) {
+  // A class-conditional model: offer its classes (by name, else by index) and the guidance weight.
+  const classes = Array.from({ length: info.num_classes }, (_, k) => new Option(info.class_names[k] ?? String(k), k));
+  for (const form of [$("#sample-form"), $("#interpolate-form")]) {
+    const { classes: select, guidance } = form.elements;
+    select.replaceChildren(new Option("unconditional", "", true, true), ...classes.map((o) => o.cloneNode(true)));
+    select.disabled = false;
+    guidance.max = maxGuidance;
+    select.addEventListener("change", () => syncGuidance(form));
+    syncGuidance(form);
+  }
+  for (const label of document.querySelectorAll("[data-conditional]")) label.hidden = false;
+}
+
 async function setUp() {
   const info = await (await fetch("/api/model")).json();
   const limits = info.limits;
@@ -204,6 +225,7 @@ async function setUp() {
   n.max = limits.max_n;
   n.value = Math.min(Number(n.value), limits.max_n);
   $("#interpolate-form").elements.frames.max = limits.max_frames;
+  if (info.num_classes) showClasses(info, limits.max_guidance);
   for (const [feature, available] of Object.entries(info.features)) {
     if (!available) {
       $(`#${feature}-button`).disabled = true;
