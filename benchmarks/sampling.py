@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
 
 import ddim
 from ddim.cli._args import device_arg, int_at_least, int_list
@@ -150,7 +151,7 @@ def bench_model(spec: str, variants: dict[str, dict], args: argparse.Namespace, 
     x = seeded_latents(model.image_shape, 0, range(B)).to(device)  # (B, C, H, W): x_T of every run
     t = torch.full((B,), model.schedule.num_timesteps // 2, device=device)
     flops = flops_per_image(model, (x, t))
-    m = _measure(model, variants, x, t, args.steps, args.repeats, timed)
+    m = _measure(label, model, variants, x, t, args.steps, args.repeats, timed)
     if "fp32" in variants:  # eager fp32 is the reference of the samples' errors
         reference = {S: m["outputs"]["fp32", S] for S in args.steps}
     else:
@@ -185,9 +186,12 @@ def bench_model(spec: str, variants: dict[str, dict], args: argparse.Namespace, 
     }  # fmt: skip
 
 
-def _measure(model: Model, variants: dict[str, dict], x, t, steps: list[int], repeats: int, timed) -> dict:
+def _measure(
+    label: str, model: Model, variants: dict[str, dict], x, t, steps: list[int], repeats: int, timed
+) -> dict:
     """Raw timings: warm-up, one evaluation and each S-step sample per repeat (variants alternating,
-    the order reversed every other repeat), the samples, and the peak memory of the longest one."""
+    the order reversed every other repeat), the samples, and the peak memory of the longest one.
+    A progress bar on stderr counts the variants' warm-ups and runs."""
     device = x.device
     copies = {name: copy_model(model) for name in variants}
     nets = {name: prepare(copies[name].net, **_net_options(o)) for name, o in variants.items()}
@@ -202,11 +206,17 @@ def _measure(model: Model, variants: dict[str, dict], x, t, steps: list[int], re
             copies[name], noise=x, steps=S, eta=0.0, device=device, **variants[name]
         )
 
-    warmup = {name: timed(lambda name=name: (evaluate(name), draw(name, 2))) for name in variants}
+    bar = tqdm(total=len(variants) * (repeats + 1), desc=label, unit="run", file=sys.stderr)
+    warmup = {}
+    for name in variants:
+        bar.set_postfix_str(f"warm-up {name}")
+        warmup[name] = timed(lambda name=name: (evaluate(name), draw(name, 2)))
+        bar.update()
     evals: dict[str, list[float]] = {name: [] for name in variants}
     samples: dict[tuple[str, int], list[float]] = {(name, S): [] for name in variants for S in steps}
     for r in range(repeats):
         for name in variants if r % 2 == 0 else reversed(variants):
+            bar.set_postfix_str(f"repeat {r + 1}/{repeats} {name}")
             evals[name].append(timed(lambda name=name: evaluate(name)))
             for S in sorted(steps):  # the longest last: the peak memory of a whole run
                 if r == 0 and longest == S:
@@ -214,6 +224,8 @@ def _measure(model: Model, variants: dict[str, dict], x, t, steps: list[int], re
                 samples[name, S].append(timed(lambda name=name, S=S: draw(name, S)))
             if r == 0:
                 memory[name] = peak_memory_mb(device)
+            bar.update()
+    bar.close()
     return {"warmup": warmup, "evals": evals, "samples": samples, "outputs": outputs, "memory": memory}
 
 
