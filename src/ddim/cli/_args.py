@@ -74,11 +74,25 @@ def device_arg(text: str) -> torch.device:
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(text)
+        device = torch.device(text)
     except RuntimeError:
         raise argparse.ArgumentTypeError(
             f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:1, auto)"
         ) from None
+    if not _available(device):
+        raise argparse.ArgumentTypeError(f"device {text!r} is not available on this machine")
+    return device
+
+
+def _available(device: torch.device) -> bool:
+    """Whether this machine has `device`: torch.cuda, torch.mps, … report their devices."""
+    if device.type == "cpu":
+        return True
+    backend = getattr(torch, device.type, None)  # None for device types that run nothing (meta)
+    try:
+        return backend.is_available() and (device.index or 0) < backend.device_count()
+    except AttributeError:
+        return False
 
 
 def add_execution_options(p: argparse.ArgumentParser) -> None:
