@@ -28,3 +28,9 @@ def assert_refused(code, err, *names):
 def test_a_device_this_machine_lacks_is_refused_before_any_work(capsys, command, device):
     code, _, err = run_cli(capsys, command, *REQUIRED[command], "--device", device)
     assert_refused(code, err, f"device '{device}' is not available")
+
+
+@pytest.mark.parametrize("port", ["65536", "70000"])
+def test_serve_refuses_a_port_past_65535(capsys, port):
+    code, _, err = run_cli(capsys, "serve", "--model", "missing.safetensors", "--port", port)
+    assert_refused(code, err, f"argument --port: must be in [0, 65535], got {port}")
