@@ -1,8 +1,11 @@
 """Bad input through the `ddim` command: one line naming the offending thing and exit 2, never a
 traceback, and nothing written earlier lost."""
 
+import numpy as np
 import pytest
 
+import ddim
+from ddim.io import save_npz
 from helpers import run_cli
 
 # the options each command needs to get as far as the one under test, and no further (cheaply)
@@ -13,6 +16,11 @@ REQUIRED = {
     "evaluate": ["--model", "toy", "--ref", "missing.npz"],
     "serve": ["--model", "missing.safetensors"],
 }
+
+
+@pytest.fixture
+def cond_checkpoint(tmp_path, make_tiny_model):
+    return ddim.save(make_tiny_model(num_classes=3), tmp_path / "cond.safetensors")
 
 
 def assert_refused(code, err, *names):
@@ -34,3 +42,75 @@ def test_a_device_this_machine_lacks_is_refused_before_any_work(capsys, command,
 def test_serve_refuses_a_port_past_65535(capsys, port):
     code, _, err = run_cli(capsys, "serve", "--model", "missing.safetensors", "--port", port)
     assert_refused(code, err, f"argument --port: must be in [0, 65535], got {port}")
+
+
+@pytest.fixture
+def npz_files(tmp_path):
+    """Damaged and ill-typed .npz files, by name."""
+    lat = np.zeros((1, 1, 8, 8), np.float32)
+    good = save_npz(tmp_path / "good.npz", x=np.zeros((2, 8, 8), np.uint8), latents=lat)
+    crc = bytearray(good.read_bytes())
+    for member in (b"x.npy", b"latents.npy"):  # a byte of each array's data: the zip's CRCs no longer fit
+        crc[crc.index(member) + 150] ^= 0xFF
+    files = {
+        "truncated": good.read_bytes()[:200],
+        "npy": None,  # an .npy file named .npz
+        "text": b"hello",
+        "crc": bytes(crc),
+    }
+    for name, content in files.items():
+        if content is not None:
+            (tmp_path / f"{name}.npz").write_bytes(content)
+    with open(tmp_path / "npy.npz", "wb") as f:
+        np.save(f, np.zeros((2, 8, 8), np.uint8))
+    save_npz(tmp_path / "scalar.npz", x=np.uint8(3), latents=np.float32(1))
+    save_npz(tmp_path / "int_latents.npz", latents=np.ones((1, 1, 8, 8), np.int64))
+    save_npz(tmp_path / "float_timesteps.npz", latents=lat, timesteps=np.array([50.7, 0.2]))
+    save_npz(tmp_path / "huge_latents.npz", latents=np.full((1, 1, 8, 8), 1e300))  # inf in float32
+    return tmp_path
+
+
+NPZ_READERS = {  # command and options reading the .npz {} (array x, or latents)
+    "invert": ["invert", "--images", "{}", "--key", "x", "--steps", "2", "--out", "o.npz"],
+    "reconstruct": ["reconstruct", "--images", "{}", "--key", "x", "--steps", "2"],
+    "interpolate": ["interpolate", "--images", "{}", "--key", "x", "--steps", "2"],
+    "edit": ["edit", "--images", "{}", "--key", "x", "--to-class", "0", "--steps", "2"],
+    "train": ["train", "--data", "{}", "--set", "data_key=x", "--out", "run"],
+    "sample": ["sample", "--latents", "{}", "--steps", "2"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(NPZ_READERS))
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("truncated", "is not a readable .npz file (not a zip archive"),
+        ("npy", "is not a readable .npz file (not a zip archive"),
+        ("text", "is not a readable .npz file (not a zip archive"),
+        ("crc", "is not a readable .npz file: Bad CRC-32"),
+        ("scalar", "got shape ()"),
+    ],
+)
+def test_a_damaged_npz_is_named_in_one_line(
+    capsys, npz_files, tiny_checkpoint, cond_checkpoint, command, name, message
+):
+    path = npz_files / f"{name}.npz"
+    argv = [a.format(path) for a in NPZ_READERS[command]]
+    model = {"train": [], "edit": ["--model", cond_checkpoint]}.get(command, ["--model", tiny_checkpoint])
+    code, _, err = run_cli(capsys, *argv, *model, "--quiet")
+    assert_refused(code, err, path, message)
+
+
+@pytest.mark.filterwarnings("error")  # numpy's overflow warning would be a second line of output
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("int_latents", "latents must be floating-point numbers, got dtype int64"),
+        ("float_timesteps", "timesteps must be integers, got dtype float64"),
+        ("huge_latents", "latents must be finite"),
+    ],
+)
+def test_latents_of_the_wrong_type_are_refused(capsys, npz_files, tiny_checkpoint, name, message):
+    path = npz_files / f"{name}.npz"
+    code, _, err = run_cli(capsys, "sample", "--model", tiny_checkpoint, "--latents", path, "--quiet")
+    assert_refused(code, err, path, message)
