@@ -114,3 +114,75 @@ def test_latents_of_the_wrong_type_are_refused(capsys, npz_files, tiny_checkpoin
     path = npz_files / f"{name}.npz"
     code, _, err = run_cli(capsys, "sample", "--model", tiny_checkpoint, "--latents", path, "--quiet")
     assert_refused(code, err, path, message)
+
+
+# commands that go as far as writing, cheaply; {ckpt}: a tiny model, {cond}: a class-conditional one
+QUICK = ["--steps", "2", "--quiet"]
+WRITERS = {
+    "sample": ["sample", "--model", "{ckpt}", "--n", "1", *QUICK],
+    "invert": ["invert", "--model", "{ckpt}", "--images", "{images}", *QUICK],
+    "reconstruct": ["reconstruct", "--model", "{ckpt}", "--images", "{images}", *QUICK],
+    "interpolate": ["interpolate", "--model", "{ckpt}", "--seeds", "0,1", "--num", "2", *QUICK],
+    "consistency": ["consistency", "--model", "{ckpt}", "--n", "1", "--reference", "3", *QUICK],
+    "edit": ["edit", "--model", "{cond}", "--images", "{images}", "--to-class", "0", *QUICK],
+    "train": ["train", "--data", "{images}", "--dry-run"],
+    "evaluate": ["evaluate", "--model", "{ckpt}", "--ref", "{images}", "--dry-run"],
+    "convert": ["convert", "missing.ckpt"],
+}
+OUTPUTS = [  # (command, option, whether it names a folder)
+    ("sample", "--out", False), ("sample", "--npz", False), ("sample", "--trajectory", False),
+    ("sample", "--out-dir", True), ("invert", "--out", False), ("reconstruct", "--out", False),
+    ("reconstruct", "--csv", False), ("reconstruct", "--json", False), ("interpolate", "--out", False),
+    ("interpolate", "--gif", False), ("consistency", "--out", False), ("consistency", "--json", False),
+    ("edit", "--out", False), ("edit", "--npz", False), ("edit", "--compare", False),
+    ("edit", "--out-dir", True), ("train", "--out", True), ("evaluate", "--out", True),
+    ("evaluate", "--cache-dir", True), ("convert", "--out", False),
+]  # fmt: skip
+
+
+@pytest.fixture
+def writer(capsys, tmp_path, tiny_checkpoint, cond_checkpoint):
+    """`writer(command, *more)`: run a WRITERS command with more options → (exit code, stderr)."""
+    images = save_npz(tmp_path / "images.npz", x_test=np.zeros((2, 8, 8), np.uint8))
+    places = {"ckpt": tiny_checkpoint, "cond": cond_checkpoint, "images": images}
+
+    def run(command, *more):
+        code, _, err = run_cli(capsys, *[a.format(**places) for a in WRITERS[command]], *more)
+        return code, err
+
+    return run
+
+
+@pytest.mark.parametrize(("command", "option", "folder"), OUTPUTS)
+def test_an_output_of_the_wrong_kind_is_refused_before_any_work(writer, tmp_path, command, option, folder):
+    wrong = tmp_path / "a-file.txt" if folder else tmp_path / "a-folder"
+    wrong.write_text("kept") if folder else wrong.mkdir()
+    code, err = writer(command, option, wrong)
+    kinds = "it is a file, not a folder" if folder else "it is a folder, not a file"
+    assert_refused(code, err, f"argument {option}: cannot write {wrong}: {kinds}")
+    assert wrong.read_text() == "kept" if folder else not any(wrong.iterdir())
+
+
+@pytest.mark.parametrize(("command", "option", "folder"), OUTPUTS)
+def test_an_output_under_a_file_is_refused_before_any_work(writer, tmp_path, command, option, folder):
+    (tmp_path / "notes.txt").write_text("kept")
+    code, err = writer(command, option, tmp_path / "notes.txt" / "x")
+    assert_refused(code, err, f"argument {option}: cannot write", f"{tmp_path / 'notes.txt'} is a file")
+    assert (tmp_path / "notes.txt").read_text() == "kept"
+
+
+@pytest.mark.parametrize(
+    ("command", "first", "second"),
+    [
+        ("sample", "--out", "--npz"), ("sample", "--out", "--trajectory"),
+        ("edit", "--out", "--compare"), ("reconstruct", "--csv", "--json"),
+        ("interpolate", "--out", "--gif"), ("consistency", "--out", "--json"),
+    ],
+)  # fmt: skip
+def test_a_bad_second_output_leaves_the_first_untouched(writer, tmp_path, command, first, second):
+    earlier = tmp_path / "earlier-results"
+    earlier.write_bytes(b"earlier results")
+    (tmp_path / "a-folder").mkdir()
+    code, err = writer(command, first, earlier, second, tmp_path / "a-folder")
+    assert_refused(code, err, second)
+    assert earlier.read_bytes() == b"earlier results"

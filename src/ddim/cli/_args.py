@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from ddim.guidance import MAX_GUIDANCE
+from ddim.io import OutputError, check_writable
 from ddim.sampling import PRECISIONS
 
 DEFAULT_MODEL = "mnist"  # the shipped model (docs/models/mnist.md)
@@ -96,6 +98,24 @@ def _available(device: torch.device) -> bool:
         return backend.is_available() and (device.index or 0) < backend.device_count()
     except AttributeError:
         return False
+
+
+def output_file(text: str) -> Path:
+    """A file the command writes: refused when the command line is read, before any work, if it
+    cannot be written (see `io.check_writable`)."""
+    return _writable(text, folder=False)
+
+
+def output_folder(text: str) -> Path:
+    """A folder the command writes into, checked like `output_file`."""
+    return _writable(text, folder=True)
+
+
+def _writable(text: str, folder: bool) -> Path:
+    try:
+        return check_writable(text, folder=folder)
+    except OutputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_execution_options(p: argparse.ArgumentParser) -> None:
