@@ -35,7 +35,7 @@ def test_sample_end_to_end_through_the_real_command(tmp_path, tiny_checkpoint):
     assert "wrote" in result.stdout
     with Image.open(tmp_path / "grid.png") as im:
         assert im.size == (5 * 10 + 2, 10 + 2)  # 5 images of 8 px, 2 px padding
-    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == [f"{i:06d}.png" for i in range(5)]
+    assert sorted(p.name for p in (tmp_path / "imgs").glob("*.png")) == [f"{i:06d}.png" for i in range(5)]
     with Image.open(tmp_path / "t.gif") as im:
         assert im.n_frames >= 2  # (identical consecutive frames are merged)
     data = np.load(tmp_path / "s.npz")

@@ -31,7 +31,7 @@ from ddim.io import check_writable, save_samples, save_trajectory_gif
 from ddim.models import Model
 from ddim.sampling import SAMPLERS, sample
 from ddim.schedule import SPACINGS, custom_timesteps, timesteps
-from ddim.streaming import sample_to_folder
+from ddim.streaming import claim_folder, sample_to_folder
 
 SAMPLE_EXAMPLES = """examples:
   ddim sample                                   16 images of the default model -> samples.png
@@ -191,6 +191,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if out is None and args.npz is None and args.trajectory is None:  # --out-dir alone
         return _stream(model, args.out_dir, shard, latents, labels, options, start)
+    if args.out_dir is not None:  # the PNGs go where a streamed run may resume: refused if another's
+        claim_folder(model, args.out_dir, noise=latents, classes=labels, **options)
     x, trajectory = torch.empty(0, *model.image_shape), None
     if len(shard):
         result = sample(
