@@ -1,6 +1,8 @@
 """Bad input through the `ddim` command: one line naming the offending thing and exit 2, never a
 traceback, and nothing written earlier lost."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -186,3 +188,50 @@ def test_a_bad_second_output_leaves_the_first_untouched(writer, tmp_path, comman
     code, err = writer(command, first, earlier, second, tmp_path / "a-folder")
     assert_refused(code, err, second)
     assert earlier.read_bytes() == b"earlier results"
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("foreign", "weights do not match the architecture"),
+        ("truncated", "is not a readable safetensors file (corrupt or truncated?)"),
+    ],
+)
+def test_foreign_or_damaged_classifier_weights_are_named(capsys, tmp_path, tiny_checkpoint, damage, message):
+    weights = tmp_path / "classifier.safetensors"
+    data = tiny_checkpoint.read_bytes()
+    weights.write_bytes(data if damage == "foreign" else data[: len(data) // 2])
+    code, _, err = run_cli(capsys, "evaluate", "--model", "toy", "--ref", "x.npz", "--features", "mnist",
+                           "--features-weights", weights, "--out", tmp_path / "eval")  # fmt: skip
+    assert_refused(code, err, weights, message)
+
+
+def test_convert_names_what_a_file_of_no_known_format_is(capsys, tmp_path):
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    code, _, err = run_cli(capsys, "convert", tmp_path / "notes.txt", "--out", tmp_path / "x.safetensors")
+    assert_refused(code, err, tmp_path / "notes.txt", "is not a readable safetensors file")
+    assert "already a native ddim checkpoint" not in err
+
+
+def _unreadable(path):
+    """Make `path` unreadable, or skip where this user reads it anyway (root)."""
+    path.chmod(0)
+    if os.access(path, os.R_OK):
+        path.chmod(0o755)
+        pytest.skip("this user reads files without read permission (root)")
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "npz", "folder"])
+def test_an_input_without_read_permission_says_so(capsys, tmp_path, tiny_checkpoint, what):
+    path = {"checkpoint": tiny_checkpoint, "npz": tmp_path / "x.npz", "folder": tmp_path / "images"}[what]
+    save_npz(tmp_path / "x.npz", x_test=np.zeros((2, 8, 8), np.uint8))
+    (tmp_path / "images").mkdir()
+    _unreadable(path)
+    try:
+        model = tiny_checkpoint if what != "checkpoint" else path
+        images = path if what != "checkpoint" else tmp_path / "x.npz"
+        code, _, err = run_cli(capsys, "invert", "--model", model, "--images", images, "--out",
+                               tmp_path / "l.npz", "--quiet")  # fmt: skip
+    finally:
+        path.chmod(0o755)
+    assert_refused(code, err, f"cannot read {path}: ", "ermission denied")

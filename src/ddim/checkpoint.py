@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -113,15 +114,33 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return _read(Path(path), tensors=False)[0]
 
 
-def _read(path: Path, tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (of any origin), with one-line errors."""
+    with _safe_open(Path(path)) as f:
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+
+@contextmanager
+def _safe_open(path: Path) -> Iterator[safetensors.safe_open]:
+    """`safetensors.safe_open`, whose errors become one line: unreadable, corrupt or truncated."""
+    try:
+        with open(path, "rb"):  # safetensors reports a file it may not read as missing
+            pass
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(FORMAT)
-            data = {k: f.get_tensor(k) for k in f.keys()} if tensors and raw is not None else {}  # noqa: SIM118
+            yield f
     except (safetensors.SafetensorError, OSError) as e:
         raise CheckpointError(
             f"{path} is not a readable safetensors file (corrupt or truncated?): {e}"
         ) from None
+
+
+def _read(path: Path, tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+    with _safe_open(path) as f:
+        raw = (f.metadata() or {}).get(FORMAT)
+        data = {k: f.get_tensor(k) for k in f.keys()} if tensors and raw is not None else {}  # noqa: SIM118
     if raw is None:
         raise CheckpointError(
             f"{path} is a safetensors file but not a ddim checkpoint (no '{FORMAT}' metadata; "

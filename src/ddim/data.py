@@ -183,6 +183,8 @@ def load_labels(
 
 def _image_files(folder: Path) -> list[Path]:
     """The images of a folder, searched recursively, sorted by path."""
+    if not os.access(folder, os.R_OK | os.X_OK):  # rglob would find nothing in it, and say so
+        raise DataError(f"cannot read {folder}: permission denied")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}, searched recursively)")
