@@ -191,6 +191,37 @@ def test_a_bad_second_output_leaves_the_first_untouched(writer, tmp_path, comman
 
 
 @pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("lr=inf", "lr must be a finite number, got inf"),
+        ("grad_clip=nan", "grad_clip must be a finite number, got nan"),
+        ("weight_decay=-inf", "weight_decay must be a finite number, got -inf"),
+        ("lr='fast'", "lr must be a finite number, got 'fast'"),
+        ("hflip='yes'", "hflip must be true or false, got 'yes'"),
+        ("data=3", "data must be a string, got 3"),
+        ("net.attn_resolutions=16", "invalid training setting: 'int' object is not iterable"),
+    ],
+)
+def test_train_settings_of_the_wrong_type_are_refused(capsys, setting, message):
+    code, _, err = run_cli(capsys, "train", "--data", "x.npz", "--out", "run", "--set", setting, "--dry-run")
+    assert_refused(code, err, message)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("list.json", b"[1, 2]", "must hold a table of settings, got a JSON list"),
+        ("image.toml", b"\x89PNG\r\n\x1a\n\x00", "is not valid TOML: not UTF-8 text"),
+    ],
+)
+def test_a_config_file_that_is_not_settings_is_named(capsys, tmp_path, name, content, message):
+    (tmp_path / name).write_bytes(content)
+    code, _, err = run_cli(capsys, "train", "--data", "x.npz", "--out", tmp_path / "run",
+                           "--config", tmp_path / name, "--dry-run")  # fmt: skip
+    assert_refused(code, err, tmp_path / name, message)
+
+
+@pytest.mark.parametrize(
     ("damage", "message"),
     [
         ("foreign", "weights do not match the architecture"),
