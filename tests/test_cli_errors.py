@@ -2,6 +2,8 @@
 traceback, and nothing written earlier lost."""
 
 import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -266,3 +268,22 @@ def test_an_input_without_read_permission_says_so(capsys, tmp_path, tiny_checkpo
     finally:
         path.chmod(0o755)
     assert_refused(code, err, f"cannot read {path}: ", "ermission denied")
+
+
+def _png_header(path, side: int) -> None:
+    """A PNG whose header says side × side (1-bit grey) and whose data is cut short."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")))
+
+
+@pytest.mark.filterwarnings("error")  # Pillow's warning would be more lines of output
+@pytest.mark.parametrize("side", [12_000, 20_000])  # past Pillow's warning and its error limits
+def test_an_image_past_pillows_pixel_limits_is_refused_in_one_line(capsys, tmp_path, tiny_checkpoint, side):
+    _png_header(tmp_path / "huge.png", side)
+    code, _, err = run_cli(capsys, "invert", "--model", tiny_checkpoint, "--images", tmp_path / "huge.png",
+                           "--out", tmp_path / "l.npz", "--quiet")  # fmt: skip
+    assert_refused(code, err, f"{tmp_path / 'huge.png'}: cannot read this image", "exceeds limit")

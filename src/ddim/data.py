@@ -11,6 +11,7 @@ images on a black square (MNIST 28 → 32), "resize" scales the shorter side and
 from __future__ import annotations
 
 import os
+import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -221,12 +222,15 @@ def _load_folder_files(
 
 def _read_image(file: Path, channels: int | None) -> Tensor:
     """One file → uint8 (C, H, W), C = 1 for grayscale files unless channels = 3."""
+    bomb = (Image.DecompressionBombWarning, Image.DecompressionBombError)  # images past Pillow's size limits
     try:
-        with Image.open(file) as im:
-            gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
-            im = im.convert("L" if (channels == 1 or (channels is None and gray)) else "RGB")
-            array = np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, as the larger ones are
+            with Image.open(file) as im:
+                gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+                im = im.convert("L" if (channels == 1 or (channels is None and gray)) else "RGB")
+                array = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, *bomb) as e:  # SyntaxError: PIL plugins
         raise DataError(f"{file}: cannot read this image ({e})") from None
     return torch.from_numpy(array.reshape(*array.shape[:2], -1).copy()).permute(2, 0, 1)
 
