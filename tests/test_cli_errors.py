@@ -175,6 +175,12 @@ def test_an_output_under_a_file_is_refused_before_any_work(writer, tmp_path, com
     assert (tmp_path / "notes.txt").read_text() == "kept"
 
 
+@pytest.mark.parametrize(("command", "option", "folder"), OUTPUTS)
+def test_an_output_name_too_long_is_refused_before_any_work(writer, tmp_path, command, option, folder):
+    code, err = writer(command, option, tmp_path / ("x" * 300))
+    assert_refused(code, err, f"argument {option}: cannot write {tmp_path / ('x' * 300)}: File name too long")
+
+
 @pytest.mark.parametrize(
     ("command", "first", "second"),
     [

@@ -30,12 +30,17 @@ def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
     to be lost, and no output is written by a run that then fails on another.
     """
     path = Path(path)
-    if path.exists() and path.is_dir() != folder:
-        is_a, needed = ("file", "folder") if folder else ("folder", "file")
-        raise OutputError(f"cannot write {path}: it is a {is_a}, not a {needed}")
-    where = path if folder and path.is_dir() else path.parent
-    while not where.exists():  # the folder the missing ones will be created in
-        where = where.parent
+    try:
+        if path.exists() and path.is_dir() != folder:
+            is_a, needed = ("file", "folder") if folder else ("folder", "file")
+            raise OutputError(f"cannot write {path}: it is a {is_a}, not a {needed}")
+        where = path if folder and path.is_dir() else path.parent
+        while not where.exists():  # the folder the missing ones will be created in
+            where = where.parent
+    except OSError as e:
+        if isinstance(e, OutputError):
+            raise
+        raise OutputError(f"cannot write {path}: {e.strerror}") from None  # e.g. a name too long
     if not where.is_dir():
         raise OutputError(f"cannot write {path}: {where} is a file, not a folder")
     if not os.access(where, os.W_OK | os.X_OK):
