@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import safetensors
 import safetensors.torch
@@ -34,6 +35,10 @@ FORMAT, FORMAT_VERSION = "ddim", 1
 _NETS: dict[str, Callable[[dict, NoiseSchedule], nn.Module]] = {
     "unet": lambda cfg, schedule: UNet(UNetConfig.from_dict(cfg)),
     "gaussian-mixture": MixtureDenoiser.from_config,
+}
+_INPUT_SHAPES: dict[str, Callable[[Any], tuple[int, ...]]] = {  # net.config → the shape of one sample
+    "unet": lambda c: (c.in_channels, c.resolution, c.resolution),
+    "gaussian-mixture": lambda c: tuple(c.shape),
 }
 _BUILTIN_FACTORIES: dict[str, Callable[[], Model]] = {"toy": toy_model}
 
@@ -170,11 +175,15 @@ def load_native(path: str | os.PathLike) -> Model:
     try:
         schedule = NoiseSchedule.from_betas(tensors.pop("schedule.betas"))
         net_cfg = meta["net"]
-        if net_cfg.get("type") not in _NETS:
-            raise ValueError(f"unknown net type {net_cfg.get('type')!r} (known: {', '.join(_NETS)})")
-        net = _NETS[net_cfg["type"]](net_cfg, schedule)
+        kind = net_cfg.get("type") if isinstance(net_cfg, dict) else net_cfg
+        if kind not in _NETS:
+            raise ValueError(f"unknown net type {kind!r} (known: {', '.join(_NETS)})")
+        net = _NETS[kind](net_cfg, schedule)
         shape, info, names = tuple(meta["image_shape"]), meta.get("info") or {}, meta.get("class_names", [])
         model = Model(net, schedule, shape, meta["prediction"], info, tuple(names))
+        takes = _INPUT_SHAPES[kind](net.config)
+        if model.image_shape != takes:
+            raise ValueError(f"image_shape {list(shape)} is not the network's input shape {list(takes)}")
     except (KeyError, ValueError, TypeError) as e:
         missing = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"{path}: invalid checkpoint config: {missing}") from None
