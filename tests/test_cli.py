@@ -101,6 +101,7 @@ def test_info_describes_a_checkpoint(capsys, tiny_checkpoint):
         (["sample", "--sampler", "ddpm", "--eta", "0.3"], "only for sampler 'ddim'"),
         (["sample", "--timesteps", "5,5"], "distinct"),
         (["sample", "--timesteps", "a,b"], "comma-separated integers"),
+        (["sample", "--timesteps", "50,0", "--steps", "3"], "give --steps or --timesteps, not both"),
         (["sample", "--device", "gpu0"], "not a torch device"),
         (["info", "nope"], "not a built-in model"),
         (["frobnicate"], "invalid choice"),

@@ -151,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
     device = distributed.init(args.device)  # under torchrun: join the group, one GPU per rank
     if distributed.launched() and args.trajectory is not None:
         raise ValueError("--trajectory is for single-process runs (not under torchrun)")
+    if args.steps is not None and args.timesteps is not None:
+        raise ValueError("give --steps or --timesteps, not both (--timesteps sets the number of steps)")
     model = load(args.model)
     T = model.schedule.num_timesteps
     latents, stored = read_latents(args.latents) if args.latents is not None else (None, None)
