@@ -160,6 +160,26 @@ def test_unknown_net_type_and_bad_config(tiny_checkpoint, tmp_path):
     _expect_error(other, "missing field 'image_shape'")
 
 
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"image_shape": [3, 8, 8]}, r"image_shape \[3, 8, 8\] is not the network's input shape \[1, 8, 8\]"),
+        ({"image_shape": [1, 7, 7]}, r"image_shape \[1, 7, 7\] is not the network's input shape"),
+        ({"image_shape": [1, 16, 16]}, r"image_shape \[1, 16, 16\] is not the network's input shape"),
+        ({"net": 5}, "unknown net type 5"),
+    ],
+)
+def test_a_config_at_odds_with_its_network_is_refused(tiny_checkpoint, edit, message):
+    _rewrite(tiny_checkpoint, edit_meta=lambda m: m.update(edit))
+    _expect_error(tiny_checkpoint, message)
+
+
+def test_a_toy_checkpoint_states_its_own_shape(tmp_path):
+    toy = ddim.save(toy_model(size=8), tmp_path / "toy.safetensors")
+    _rewrite(toy, edit_meta=lambda m: m.update(image_shape=[1, 4, 16]))
+    _expect_error(toy, r"image_shape \[1, 4, 16\] is not the network's input shape \[1, 8, 8\]")
+
+
 def test_weights_that_do_not_fit_the_config(tiny_checkpoint):
     _rewrite(tiny_checkpoint, edit_tensors=lambda t: t.pop("net.conv_out.bias"))
     _expect_error(tiny_checkpoint, r"missing \['net.conv_out.bias'\]")

@@ -35,7 +35,7 @@ def test_sample_end_to_end_through_the_real_command(tmp_path, tiny_checkpoint):
     assert "wrote" in result.stdout
     with Image.open(tmp_path / "grid.png") as im:
         assert im.size == (5 * 10 + 2, 10 + 2)  # 5 images of 8 px, 2 px padding
-    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == [f"{i:06d}.png" for i in range(5)]
+    assert sorted(p.name for p in (tmp_path / "imgs").glob("*.png")) == [f"{i:06d}.png" for i in range(5)]
     with Image.open(tmp_path / "t.gif") as im:
         assert im.n_frames >= 2  # (identical consecutive frames are merged)
     data = np.load(tmp_path / "s.npz")
@@ -101,6 +101,7 @@ def test_info_describes_a_checkpoint(capsys, tiny_checkpoint):
         (["sample", "--sampler", "ddpm", "--eta", "0.3"], "only for sampler 'ddim'"),
         (["sample", "--timesteps", "5,5"], "distinct"),
         (["sample", "--timesteps", "a,b"], "comma-separated integers"),
+        (["sample", "--timesteps", "50,0", "--steps", "3"], "give --steps or --timesteps, not both"),
         (["sample", "--device", "gpu0"], "not a torch device"),
         (["info", "nope"], "not a built-in model"),
         (["frobnicate"], "invalid choice"),

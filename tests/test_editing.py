@@ -86,6 +86,23 @@ def test_bad_edits_are_refused(glyph_model, kwargs, message):
         ddim.edit(glyph_model, _sources(2), **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"to_class": [1, 2]}, r"^to_class: give one class for all 3 samples or one per sample, got 2"),
+        ({"to_class": 1, "from_class": [1, 2]}, r"^from_class: give one class for all 3 samples"),
+        ({"to_class": 1, "from_class": 9}, r"^from_class: unknown class 9"),
+    ],
+)
+def test_classes_are_checked_before_the_inversion_and_named(glyph_model, monkeypatch, kwargs, message):
+    def no_network(*args, **kwargs):
+        raise AssertionError("the images were inverted before the classes were checked")
+
+    monkeypatch.setattr(ddim.editing, "invert", no_network)
+    with pytest.raises(ValueError, match=message):
+        ddim.edit(glyph_model, _sources(3), steps=2, **kwargs)
+
+
 def test_editing_needs_a_conditional_model(tiny_model):
     with pytest.raises(ValueError, match="needs a class-conditional model"):
         ddim.edit(tiny_model, torch.zeros(1, 1, 8, 8), 1)

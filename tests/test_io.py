@@ -1,3 +1,4 @@
+import errno
 import os
 
 import numpy as np
@@ -6,7 +7,16 @@ import torch
 from PIL import Image
 
 import ddim
-from ddim.io import atomic_write, make_grid, save_gif, save_png, save_trajectory_gif, to_uint8
+from ddim.io import (
+    OutputError,
+    atomic_write,
+    check_writable,
+    make_grid,
+    save_gif,
+    save_png,
+    save_trajectory_gif,
+    to_uint8,
+)
 
 
 def test_to_uint8_maps_the_data_range():
@@ -64,3 +74,27 @@ def test_trajectory_gif_has_a_frame_per_step_and_the_result(tmp_path):
         assert im.size == (2 * (2 * 66 + 2) + 8, 2 * 66 + 2)  # two 2×2 grids of 64 px images, 8 px apart
     with Image.open(save_trajectory_gif(traj, tmp_path / "short.gif", max_frames=3)) as im:
         assert im.n_frames == 3 + 1
+
+
+def test_a_failed_write_names_the_file_not_the_temporary_one(tmp_path):
+    def disk_full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputError, match=f"^cannot write {tmp_path / 'out.bin'}: No space left on device$"):
+        atomic_write(tmp_path / "out.bin", disk_full)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_writable_refuses_a_folder_without_write_permission(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        if os.access(locked, os.W_OK):
+            pytest.skip("this user writes in read-only folders (root)")
+        for path, folder in ((locked / "x.png", False), (locked / "new" / "x.png", False), (locked, True)):
+            with pytest.raises(OutputError, match=f"no permission to write in {locked}$"):
+                check_writable(path, folder=folder)
+    finally:
+        locked.chmod(0o755)
+    assert check_writable(locked / "new" / "x.png") == locked / "new" / "x.png"  # created when written

@@ -119,3 +119,26 @@ def test_sample_out_dir_of_another_seed_is_a_one_line_error(tmp_path, capsys, ti
     assert code == 2
     assert err.startswith(f"ddim sample: error: {tmp_path} holds samples of another seed (1, now 2)")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_out_dir_beside_other_outputs_keeps_to_the_folder_record(tmp_path, capsys, tiny_checkpoint):
+    """`--out-dir` with `--npz` writes all PNGs at once: into a streamed folder only as the same run."""
+    common = ["sample", "--model", tiny_checkpoint, "--steps", 2, "--out-dir", tmp_path / "s", "--quiet"]
+    assert run_cli(capsys, *common, "-n", 4)[0] == 0
+    streamed = pngs(tmp_path / "s")
+    code, _, err = run_cli(capsys, *common, "-n", 2, "--seed", 1, "--npz", tmp_path / "x.npz")
+    assert code == 2
+    assert err.startswith(f"ddim sample: error: {tmp_path / 's'} holds samples of another seed (0, now 1)")
+    assert pngs(tmp_path / "s") == streamed
+    assert not (tmp_path / "x.npz").exists()
+    assert run_cli(capsys, *common, "-n", 2, "--npz", tmp_path / "x.npz")[0] == 0  # the same run: fine
+    assert pngs(tmp_path / "s") == streamed
+
+
+def test_a_record_that_is_not_an_object_is_a_one_line_error(tmp_path, capsys, tiny_checkpoint):
+    (tmp_path / streaming.RECORD).write_text("[1]")
+    code, _, err = run_cli(capsys, "sample", "--model", tiny_checkpoint, "-n", 1, "--steps", 2,
+                           "--out-dir", tmp_path, "--quiet")  # fmt: skip
+    assert code == 2
+    assert f"{tmp_path / streaming.RECORD} is not readable (a JSON list, not an object)" in err
+    assert len(err.strip().splitlines()) == 1

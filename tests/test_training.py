@@ -197,6 +197,26 @@ def test_cli_never_overwrites_a_run_and_resume_checks_settings(tmp_path, dataset
     assert ddim.load(out / "model.safetensors").info["step"] == 8
 
 
+def test_resume_drops_a_log_line_cut_short_and_names_a_damaged_one(tmp_path, dataset, capsys):
+    """A run killed while appending to metrics.jsonl leaves half a line: resume drops it."""
+    out = tmp_path / "run"
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(to_toml(tiny_config(dataset, steps=3, sample_every=0).to_dict()))
+    assert run_cli(capsys, "train", "--config", config_file, "--out", out, "--quiet")[0] == 0
+    log = out / "metrics.jsonl"
+    whole = log.read_text()
+    log.write_text(whole + '{"step": 4, "lo')
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--steps", "4", "--quiet")
+    assert code == 0, err
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3, 4]
+    log.write_text("{oops\n" + whole)
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--steps", "5", "--quiet")
+    assert code == 2
+    assert err.strip().endswith(f"{log}: line 1 is not JSON (Expecting property name enclosed in double "
+                                "quotes: line 1 column 2 (char 1))")  # fmt: skip
+    assert len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_saves_and_exits_cleanly(tmp_path, dataset, stop):
     config = tmp_path / "c.toml"

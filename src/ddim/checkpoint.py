@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import safetensors
 import safetensors.torch
@@ -33,6 +35,10 @@ FORMAT, FORMAT_VERSION = "ddim", 1
 _NETS: dict[str, Callable[[dict, NoiseSchedule], nn.Module]] = {
     "unet": lambda cfg, schedule: UNet(UNetConfig.from_dict(cfg)),
     "gaussian-mixture": MixtureDenoiser.from_config,
+}
+_INPUT_SHAPES: dict[str, Callable[[Any], tuple[int, ...]]] = {  # net.config → the shape of one sample
+    "unet": lambda c: (c.in_channels, c.resolution, c.resolution),
+    "gaussian-mixture": lambda c: tuple(c.shape),
 }
 _BUILTIN_FACTORIES: dict[str, Callable[[], Model]] = {"toy": toy_model}
 
@@ -113,15 +119,33 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return _read(Path(path), tensors=False)[0]
 
 
-def _read(path: Path, tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file (of any origin), with one-line errors."""
+    with _safe_open(Path(path)) as f:
+        return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+
+
+@contextmanager
+def _safe_open(path: Path) -> Iterator[safetensors.safe_open]:
+    """`safetensors.safe_open`, whose errors become one line: unreadable, corrupt or truncated."""
+    try:
+        with open(path, "rb"):  # safetensors reports a file it may not read as missing
+            pass
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path}: {e.strerror}") from None
     try:
         with safetensors.safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(FORMAT)
-            data = {k: f.get_tensor(k) for k in f.keys()} if tensors and raw is not None else {}  # noqa: SIM118
+            yield f
     except (safetensors.SafetensorError, OSError) as e:
         raise CheckpointError(
             f"{path} is not a readable safetensors file (corrupt or truncated?): {e}"
         ) from None
+
+
+def _read(path: Path, tensors: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+    with _safe_open(path) as f:
+        raw = (f.metadata() or {}).get(FORMAT)
+        data = {k: f.get_tensor(k) for k in f.keys()} if tensors and raw is not None else {}  # noqa: SIM118
     if raw is None:
         raise CheckpointError(
             f"{path} is a safetensors file but not a ddim checkpoint (no '{FORMAT}' metadata; "
@@ -151,11 +175,15 @@ def load_native(path: str | os.PathLike) -> Model:
     try:
         schedule = NoiseSchedule.from_betas(tensors.pop("schedule.betas"))
         net_cfg = meta["net"]
-        if net_cfg.get("type") not in _NETS:
-            raise ValueError(f"unknown net type {net_cfg.get('type')!r} (known: {', '.join(_NETS)})")
-        net = _NETS[net_cfg["type"]](net_cfg, schedule)
+        kind = net_cfg.get("type") if isinstance(net_cfg, dict) else net_cfg
+        if kind not in _NETS:
+            raise ValueError(f"unknown net type {kind!r} (known: {', '.join(_NETS)})")
+        net = _NETS[kind](net_cfg, schedule)
         shape, info, names = tuple(meta["image_shape"]), meta.get("info") or {}, meta.get("class_names", [])
         model = Model(net, schedule, shape, meta["prediction"], info, tuple(names))
+        takes = _INPUT_SHAPES[kind](net.config)
+        if model.image_shape != takes:
+            raise ValueError(f"image_shape {list(shape)} is not the network's input shape {list(takes)}")
     except (KeyError, ValueError, TypeError) as e:
         missing = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"{path}: invalid checkpoint config: {missing}") from None

@@ -11,6 +11,10 @@ images on a black square (MNIST 28 → 32), "resize" scales the shorter side and
 from __future__ import annotations
 
 import os
+import warnings
+import zipfile
+import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -102,17 +106,35 @@ def _resize_crop(img: Tensor, size: int) -> Tensor:
     return torch.from_numpy(out.reshape(size, size, -1).copy()).permute(2, 0, 1)
 
 
-def _read_npz(path: Path, key: str, limit: int | None) -> np.ndarray:
-    """The array `key` of an .npz (its first `limit` entries), with one-line errors."""
+def read_npz(
+    path: str | os.PathLike, keys: Sequence[str], optional: Sequence[str] = ()
+) -> dict[str, np.ndarray]:
+    """The arrays `keys` of an .npz, and those of `optional` it has, with one-line errors for
+    a file that is missing, unreadable, not a zip archive (e.g. truncated), damaged or lacks a key."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            is_zip = zipfile.is_zipfile(f)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    if not is_zip:
+        raise DataError(f"{path} is not a readable .npz file (not a zip archive: truncated? another format?)")
     try:
         with np.load(path, allow_pickle=False) as data:
-            if key not in data.files:
-                raise DataError(f"{path} has no array {key!r} (it has: {', '.join(data.files)})")
-            return data[key] if limit is None else data[key][:limit]
-    except (OSError, ValueError) as e:
+            missing = next((k for k in keys if k not in data.files), None)
+            if missing is not None:
+                raise DataError(f"{path} has no array {missing!r} (it has: {', '.join(data.files)})")
+            return {k: data[k] for k in (*keys, *optional) if k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
         if isinstance(e, DataError):
             raise
-        raise DataError(f"{path}: not a readable .npz file: {e}") from None
+        raise DataError(f"{path} is not a readable .npz file: {e}") from None
+
+
+def _read_npz(path: Path, key: str, limit: int | None) -> np.ndarray:
+    """The first `limit` entries of the array `key` (a 0-d array as it is, for the caller to refuse)."""
+    array = read_npz(path, [key])[key]
+    return array[:limit] if array.ndim else array
 
 
 def _load_npz(path: Path, key: str, limit: int | None) -> Tensor:
@@ -162,6 +184,8 @@ def load_labels(
 
 def _image_files(folder: Path) -> list[Path]:
     """The images of a folder, searched recursively, sorted by path."""
+    if not os.access(folder, os.R_OK | os.X_OK):  # rglob would find nothing in it, and say so
+        raise DataError(f"cannot read {folder}: permission denied")
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}, searched recursively)")
@@ -198,12 +222,15 @@ def _load_folder_files(
 
 def _read_image(file: Path, channels: int | None) -> Tensor:
     """One file → uint8 (C, H, W), C = 1 for grayscale files unless channels = 3."""
+    bomb = (Image.DecompressionBombWarning, Image.DecompressionBombError)  # images past Pillow's size limits
     try:
-        with Image.open(file) as im:
-            gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
-            im = im.convert("L" if (channels == 1 or (channels is None and gray)) else "RGB")
-            array = np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, as the larger ones are
+            with Image.open(file) as im:
+                gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
+                im = im.convert("L" if (channels == 1 or (channels is None and gray)) else "RGB")
+                array = np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, *bomb) as e:  # SyntaxError: PIL plugins
         raise DataError(f"{file}: cannot read this image ({e})") from None
     return torch.from_numpy(array.reshape(*array.shape[:2], -1).copy()).permute(2, 0, 1)
 

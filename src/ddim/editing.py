@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ddim.guidance import Classes
+from ddim.guidance import Classes, class_labels
 from ddim.inversion import check_images, invert
 from ddim.models import Model
 from ddim.sampling import _sub_sequence, sample, seeded_latents
@@ -47,6 +47,8 @@ def edit(
     if not isinstance(model, Model) or model.num_classes is None:
         raise ValueError("editing to a class needs a class-conditional model; this one is unconditional")
     check_images(x0, model)
+    to_class = _labels(model, to_class, x0.shape[0], "to_class")  # refused before any network call
+    from_class = None if from_class is None else _labels(model, from_class, x0.shape[0], "from_class")
     seq = _sub_sequence(model.schedule, steps, spacing, None)
     decode = {"classes": to_class, "guidance": guidance, "eta": 0.0, **options}
     if strength is None:
@@ -64,3 +66,11 @@ def edit(
     z = seeded_latents(model.image_shape, seed, range(x0.shape[0]))  # (N, *shape)
     x_t = model.schedule.q_sample(x0.float().cpu(), torch.full((x0.shape[0],), int(kept[0])), z)
     return sample(model, noise=x_t, timesteps=kept, seed=seed, **decode)
+
+
+def _labels(model: Model, classes: Classes, n: int, name: str) -> Tensor:
+    """`class_labels`, its error naming the argument."""
+    try:
+        return class_labels(model, classes, n)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None

@@ -18,15 +18,48 @@ if TYPE_CHECKING:
     from ddim.sampling import Trajectory
 
 
+class OutputError(OSError):
+    """An output path that cannot be written: the message names it and says why."""
+
+
+def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
+    """`path`, if a file (or, with `folder`, a folder) can be written there; else an OutputError.
+
+    Refused: a folder where a file goes or the reverse, a parent that is a file, a folder without
+    write permission. Commands call it on their outputs before any work, so nothing is computed
+    to be lost, and no output is written by a run that then fails on another.
+    """
+    path = Path(path)
+    try:
+        if path.exists() and path.is_dir() != folder:
+            is_a, needed = ("file", "folder") if folder else ("folder", "file")
+            raise OutputError(f"cannot write {path}: it is a {is_a}, not a {needed}")
+        where = path if folder and path.is_dir() else path.parent
+        while not where.exists():  # the folder the missing ones will be created in
+            where = where.parent
+    except OSError as e:
+        if isinstance(e, OutputError):
+            raise
+        raise OutputError(f"cannot write {path}: {e.strerror}") from None  # e.g. a name too long
+    if not where.is_dir():
+        raise OutputError(f"cannot write {path}: {where} is a file, not a folder")
+    if not os.access(where, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {path}: no permission to write in {where}")
+    return path
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
     """Write a file through `write(f)` into a temporary file beside it, then rename it into place.
 
     A crash or an error leaves either the old file or the new one, never a partial file.
-    Missing parent folders are created.
+    Missing parent folders are created. A failure to write is an OutputError naming `path`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    path = check_writable(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror}") from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode of a new file
         with os.fdopen(fd, "wb") as f:
@@ -34,8 +67,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, OutputError):  # e.g. a full disk
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
         raise
     return path
 

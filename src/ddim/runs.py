@@ -139,10 +139,19 @@ class RunFolder:
             f.write(json.dumps(record) + "\n")
 
     def records(self) -> list[dict]:
+        """The log's records; a last line cut short (a run killed while writing it) is dropped."""
         file = self.path / "metrics.jsonl"
         if not file.is_file():
             return []
-        return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+        lines = [line for line in file.read_text().splitlines() if line.strip()]
+        records = []
+        for i, line in enumerate(lines, start=1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                if i < len(lines):
+                    raise ValueError(f"{file}: line {i} is not JSON ({e})") from None
+        return records
 
     def _truncate_log(self, step: int) -> None:
         """Drop log lines past `step` (written after the checkpoint a run resumes from)."""

@@ -66,7 +66,7 @@ def sample_to_folder(
         raise ValueError(f"noise holds {len(noise)} latents, too few for indices up to {indices.stop - 1}")
     if classes is not None and len(classes) < indices.stop:
         raise ValueError(f"classes holds {len(classes)} labels, too few for indices up to {indices.stop - 1}")
-    _claim(Path(out_dir), _identity(model, seed, noise, classes, options))
+    claim_folder(model, out_dir, seed=seed, noise=noise, classes=classes, **options)
     starts = range(indices.start, indices.stop, batch_size)
     batches = [range(i, min(i + batch_size, indices.stop)) for i in starts]
     todo = [b for b in batches if not all(sample_png(out_dir, i).is_file() for i in b)]
@@ -80,6 +80,20 @@ def sample_to_folder(
             del x  # nothing outlives its batch
             bar.update(len(b))
     return FolderRun(len(indices) - skipped, skipped)
+
+
+def claim_folder(
+    model: Model,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int,
+    noise: Tensor | None = None,
+    classes: Tensor | None = None,
+    **options,
+) -> None:
+    """Refuse `out_dir` if it holds images of another run, else record this run in it: for any
+    writer of sample PNGs into a folder, so that a resumed `sample_to_folder` never keeps them."""
+    _claim(Path(out_dir), _identity(model, seed, noise, classes, options))
 
 
 def _identity(model: Model, seed: int, noise: Tensor | None, classes: Tensor | None, options: dict) -> dict:
@@ -111,7 +125,9 @@ def _claim(out_dir: Path, identity: dict) -> None:
     if record.is_file():
         try:
             theirs = json.loads(record.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            if not isinstance(theirs, dict):
+                raise ValueError(f"a JSON {type(theirs).__name__}, not an object")
+        except (OSError, UnicodeDecodeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
             raise ValueError(f"{record} is not readable ({e}); delete it or choose another folder") from None
         for key, value in identity.items():
             if theirs.get(key) != value:

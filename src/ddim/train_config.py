@@ -72,6 +72,8 @@ class TrainConfig:
     sample_n: int = 64
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type)
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         _choice("fit", self.fit, FITS)
         _choice("beta_schedule", self.beta_schedule, get_args(BetaSchedule))
@@ -140,11 +142,11 @@ class TrainConfig:
                 f"unknown training setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
             )
         d = dict(d)
-        if "net" in d:
-            if not isinstance(d["net"], dict):
-                raise ValueError(f"net must be a table of U-Net settings, got {d['net']!r}")
-            d["net"] = UNetConfig.from_dict({**MNIST_NET.to_dict(), **d["net"]})
+        if "net" in d and not isinstance(d["net"], dict):
+            raise ValueError(f"net must be a table of U-Net settings, got {d['net']!r}")
         try:
+            if "net" in d:
+                d["net"] = UNetConfig.from_dict({**MNIST_NET.to_dict(), **d["net"]})
             return cls(**d)
         except TypeError as e:
             raise ValueError(f"invalid training setting: {e}") from None
@@ -156,14 +158,20 @@ class TrainConfig:
 def load_toml(path: str | os.PathLike) -> dict[str, Any]:
     """The settings of a TOML (or JSON) config file as a dict, with a one-line error if unreadable."""
     path = Path(path)
+    kind = "JSON" if path.suffix == ".json" else "TOML"
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ValueError(f"cannot read config {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not valid {kind}: not UTF-8 text") from None
     try:
-        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        settings = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {e}") from None
+        raise ValueError(f"{path} is not valid {kind}: {e}") from None
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path} must hold a table of settings, got a JSON {type(settings).__name__}")
+    return settings
 
 
 def parse_assignment(text: str) -> tuple[list[str], Any]:
@@ -213,6 +221,21 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise ValueError(f"cannot write {v!r} as TOML")
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    """Refuse a setting of the wrong type: floats must be finite numbers, flags booleans, text strings.
+
+    Integers, choices and the net are checked by their own rules (_positive_int, _choice, UNetConfig).
+    """
+    if annotation == "float" and not (
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if annotation == "bool" and not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    if annotation == "str" and not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {value!r}")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -59,3 +59,16 @@ def test_bad_input_is_refused(tiny_extractor, tmp_path):
         feature_stats(tiny_extractor, images(1))
     with pytest.raises(ValueError, match="uint8"):
         cached_feature_stats(tiny_extractor, to_model_range(images(4)), tmp_path)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a zip"])
+def test_a_damaged_cache_entry_is_computed_again_and_replaced(tmp_path, tiny_extractor, damage):
+    x = images(30)
+    first, key = cached_feature_stats(tiny_extractor, x, tmp_path, label="ref")
+    (entry,) = tmp_path.glob("ref-tiny-*.npz")
+    entry.write_bytes(entry.read_bytes()[:300] if damage == "truncated" else b"junk")
+    again, key_again = cached_feature_stats(tiny_extractor, x, tmp_path, label="ref")
+    assert key_again == key
+    np.testing.assert_array_equal(again.features, first.features)
+    with np.load(entry) as f:  # rewritten whole
+        np.testing.assert_array_equal(f["cov"], first.cov)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from ddim.guidance import MAX_GUIDANCE
+from ddim.io import OutputError, check_writable
 from ddim.sampling import PRECISIONS
 
 DEFAULT_MODEL = "mnist"  # the shipped model (docs/models/mnist.md)
@@ -20,14 +22,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
-def int_at_least(lo: int) -> Callable[[str], int]:
+def int_at_least(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An integer >= lo (and <= hi, if given)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {value}")
+        if value < lo or (hi is not None and value > hi):
+            allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
         return value
 
     return parse
@@ -74,11 +79,43 @@ def device_arg(text: str) -> torch.device:
     if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(text)
+        device = torch.device(text)
     except RuntimeError:
         raise argparse.ArgumentTypeError(
             f"not a torch device: {text!r} (e.g. cpu, cuda, cuda:1, auto)"
         ) from None
+    if not _available(device):
+        raise argparse.ArgumentTypeError(f"device {text!r} is not available on this machine")
+    return device
+
+
+def _available(device: torch.device) -> bool:
+    """Whether this machine has `device`: torch.cuda, torch.mps, … report their devices."""
+    if device.type == "cpu":
+        return True
+    backend = getattr(torch, device.type, None)  # None for device types that run nothing (meta)
+    try:
+        return backend.is_available() and (device.index or 0) < backend.device_count()
+    except AttributeError:
+        return False
+
+
+def output_file(text: str) -> Path:
+    """A file the command writes: refused when the command line is read, before any work, if it
+    cannot be written (see `io.check_writable`)."""
+    return _writable(text, folder=False)
+
+
+def output_folder(text: str) -> Path:
+    """A folder the command writes into, checked like `output_file`."""
+    return _writable(text, folder=True)
+
+
+def _writable(text: str, folder: bool) -> Path:
+    try:
+        return check_writable(text, folder=folder)
+    except OutputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_execution_options(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ddim.cli._args import DEFAULT_MODEL, add_execution_options, device_arg, execution_options, int_at_least
-from ddim.data import FITS, DataError, load_images, to_model_range
+from ddim.data import FITS, DataError, load_images, read_npz, to_model_range
 from ddim.models import Model
 from ddim.schedule import SPACINGS
 
@@ -90,17 +90,13 @@ def read_images(
 
 def read_latents(path: Path) -> tuple[Tensor, Tensor | None]:
     """(latents (N, C, H, W) float32, their sampling timesteps or None) from `ddim invert`'s npz."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "latents" not in data.files:
-                raise DataError(f"{path} has no array 'latents' (it has: {', '.join(data.files)})")
-            latents = torch.from_numpy(data["latents"].astype(np.float32))
-            seq = torch.from_numpy(data["timesteps"].astype(np.int64)) if "timesteps" in data.files else None
-    except (OSError, ValueError) as e:
-        if isinstance(e, DataError):
-            raise
-        raise DataError(f"{path}: not a readable .npz file: {e}") from None
-    if latents.ndim != 4 or len(latents) == 0 or not torch.isfinite(latents).all():
-        shape = tuple(latents.shape)
-        raise DataError(f"{path}: latents must be finite, N×C×H×W with N ≥ 1, got shape {shape}")
-    return latents, seq
+    arrays = read_npz(path, ["latents"], optional=["timesteps"])
+    latents, seq = arrays["latents"], arrays.get("timesteps")
+    if not np.issubdtype(latents.dtype, np.floating):
+        raise DataError(f"{path}: latents must be floating-point numbers, got dtype {latents.dtype}")
+    x = torch.from_numpy(latents).float()  # float64 past float32's range becomes inf, refused below
+    if x.ndim != 4 or len(x) == 0 or not torch.isfinite(x).all():
+        raise DataError(f"{path}: latents must be finite, N×C×H×W with N ≥ 1, got shape {tuple(x.shape)}")
+    if seq is not None and not np.issubdtype(seq.dtype, np.integer):
+        raise DataError(f"{path}: timesteps must be integers, got dtype {seq.dtype}")
+    return x, None if seq is None else torch.from_numpy(seq.astype(np.int64))

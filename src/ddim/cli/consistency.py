@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 
 from ddim.checkpoint import load
-from ddim.cli._args import eta_arg, int_at_least, int_list
+from ddim.cli._args import eta_arg, int_at_least, int_list, output_file
 from ddim.cli._images import add_model_options, model_options
 from ddim.consistency import Consistency, consistency
 from ddim.io import atomic_write, make_grid, save_png, to_uint8
@@ -42,8 +41,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reference", type=int_at_least(1), default=1000, help="reference S (default: 1000)")
     p.add_argument("--etas", type=eta_list, default=[0.0, 1.0], help="values of η (default: 0,1)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="latent i is seed (SEED, i) (default: 0)")
-    p.add_argument("--out", type=Path, default=None, help="PNG: per η, one row per S, the reference last")
-    p.add_argument("--json", type=Path, default=None, help="also write the distances as JSON")
+    p.add_argument(
+        "--out", type=output_file, default=None, help="PNG: per η, one row per S, the reference last"
+    )
+    p.add_argument("--json", type=output_file, default=None, help="also write the distances as JSON")
     add_model_options(p)
     p.set_defaults(func=run)
 

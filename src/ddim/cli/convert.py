@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ddim.checkpoint import save
-from ddim.cli._args import int_at_least
+from ddim.cli._args import int_at_least, output_file
 from ddim.convert import FORMATS, detect, import_model
 
 CONVERT_EXAMPLES = """examples:
@@ -27,7 +27,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("src", help="a diffusers folder or an official checkpoint file")
-    p.add_argument("--out", required=True, help="the .safetensors file to write")
+    p.add_argument("--out", type=output_file, required=True, help="the .safetensors file to write")
     p.add_argument(
         "--resolution",
         type=int_at_least(1),

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
 from ddim.checkpoint import load
-from ddim.cli._args import class_list, guidance_arg, int_at_least
+from ddim.cli._args import class_list, guidance_arg, int_at_least, output_file, output_folder
 from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
 from ddim.editing import EDIT_GUIDANCE, edit
-from ddim.io import make_grid, save_png, save_samples, to_uint8
+from ddim.io import check_writable, make_grid, save_png, save_samples, to_uint8
 
 EXAMPLES = """examples:
   ddim edit --model cond.safetensors --image digit.png --to-class 8            invert, decode as an 8
@@ -69,10 +68,16 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int_at_least(1), default=50, help="steps S (default: 50)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="SDEdit noise of image i: (SEED, i)")
-    p.add_argument("--out", type=Path, default=None, help="grid PNG of the edits (default: edited.png)")
-    p.add_argument("--out-dir", type=Path, default=None, help="one PNG per edited image (000000.png, …)")
-    p.add_argument("--npz", type=Path, default=None, help="images (uint8 NHWC) and x (float32 NCHW)")
-    p.add_argument("--compare", type=Path, default=None, help="PNG: the originals (top row) over the edits")
+    p.add_argument(
+        "--out", type=output_file, default=None, help="grid PNG of the edits (default: edited.png)"
+    )
+    p.add_argument(
+        "--out-dir", type=output_folder, default=None, help="one PNG per edited image (000000.png, …)"
+    )
+    p.add_argument("--npz", type=output_file, default=None, help="images (uint8 NHWC) and x (float32 NCHW)")
+    p.add_argument(
+        "--compare", type=output_file, default=None, help="PNG: the originals (top row) over the edits"
+    )
     add_model_options(p)
     p.set_defaults(func=run)
 
@@ -81,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.model)
     if model.num_classes is None:
         raise ValueError(f"--to-class needs a class-conditional model; {args.model} is unconditional")
+    named = args.out is not None or args.out_dir or args.npz or args.compare
+    out = args.out if named else check_writable("edited.png")  # checked before any work, as --out is
     x0 = read_images(args, model)
     start = time.perf_counter()
     x = edit(
@@ -89,7 +96,6 @@ def run(args: argparse.Namespace) -> int:
         **model_options(args),
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    out = args.out if args.out is not None or args.out_dir or args.npz or args.compare else Path("edited.png")
     written = save_samples(x, grid=out, out_dir=args.out_dir, npz=args.npz)
     if args.compare is not None:
         scale = max(1, 56 // x0.shape[-1])

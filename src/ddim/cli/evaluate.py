@@ -19,6 +19,7 @@ from ddim.cli._args import (
     execution_options,
     int_at_least,
     int_list,
+    output_folder,
 )
 from ddim.data import load_images
 from ddim.metrics import Extractor, FeatureStats, cached_feature_stats, load_extractor
@@ -110,10 +111,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
     )
     add_execution_options(p)
-    p.add_argument("--out", type=Path, default=Path("evaluation"), help="output folder (default: evaluation)")
+    p.add_argument(
+        "--out", type=output_folder, default="evaluation", help="output folder (default: evaluation)"
+    )
     p.add_argument(
         "--cache-dir",
-        type=Path,
+        type=output_folder,
         default=_default_cache(),
         help="reference statistics cache (default: ~/.cache/ddim/stats)",
     )

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ddim.checkpoint import load
-from ddim.cli._args import int_at_least, int_list
+from ddim.cli._args import int_at_least, int_list, output_file
 from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
 from ddim.interpolation import interpolate
 from ddim.inversion import invert
@@ -47,9 +46,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int_at_least(1), default=50, help="steps S (default: 50)")
     p.add_argument(
-        "--out", type=Path, default=Path("interpolation.png"), help="strip PNG (default: interpolation.png)"
+        "--out", type=output_file, default="interpolation.png", help="strip PNG (default: interpolation.png)"
     )
-    p.add_argument("--gif", type=Path, default=None, help="also write a GIF going there and back")
+    p.add_argument("--gif", type=output_file, default=None, help="also write a GIF going there and back")
     add_model_options(p)
     p.set_defaults(func=run)
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 
 from ddim.checkpoint import load
-from ddim.cli._args import int_at_least
+from ddim.cli._args import int_at_least, output_file
 from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
 from ddim.inversion import invert
 from ddim.io import save_npz
@@ -32,7 +31,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     add_image_options(p)
     p.add_argument("--steps", type=int_at_least(1), default=50, help="steps S (default: 50)")
-    p.add_argument("--out", type=Path, default=Path("latents.npz"), help="(default: latents.npz)")
+    p.add_argument("--out", type=output_file, default="latents.npz", help="(default: latents.npz)")
     add_model_options(p)
     p.set_defaults(func=run)
 

@@ -6,12 +6,11 @@ import argparse
 import csv
 import io
 import json
-from pathlib import Path
 
 import torch
 
 from ddim.checkpoint import load
-from ddim.cli._args import int_at_least, int_list
+from ddim.cli._args import int_at_least, int_list, output_file
 from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
 from ddim.inversion import PAPER_TABLE2, ReconstructionError, reconstruction_errors
 from ddim.io import atomic_write, make_grid, save_png, to_uint8
@@ -37,11 +36,11 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--steps", type=int_list, default=[10, 20, 50, 100], help="values of S (default: 10,20,50,100)"
     )
     p.add_argument(
-        "--out", type=Path, default=None, help="PNG: originals (top row) over each S's reconstructions"
+        "--out", type=output_file, default=None, help="PNG: originals (top row) over each S's reconstructions"
     )
     p.add_argument("--show", type=int_at_least(1), default=8, help="images in the --out picture (default: 8)")
-    p.add_argument("--csv", type=Path, default=None, help="also write the table as CSV")
-    p.add_argument("--json", type=Path, default=None, help="also write the table and settings as JSON")
+    p.add_argument("--csv", type=output_file, default=None, help="also write the table as CSV")
+    p.add_argument("--json", type=output_file, default=None, help="also write the table and settings as JSON")
     add_model_options(p)
     p.set_defaults(func=run)
 

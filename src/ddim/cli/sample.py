@@ -22,14 +22,16 @@ from ddim.cli._args import (
     guidance_arg,
     int_at_least,
     int_list,
+    output_file,
+    output_folder,
 )
 from ddim.cli._images import read_latents
 from ddim.guidance import conditioning
-from ddim.io import save_samples, save_trajectory_gif
+from ddim.io import check_writable, save_samples, save_trajectory_gif
 from ddim.models import Model
 from ddim.sampling import SAMPLERS, sample
 from ddim.schedule import SPACINGS, custom_timesteps, timesteps
-from ddim.streaming import sample_to_folder
+from ddim.streaming import claim_folder, sample_to_folder
 
 SAMPLE_EXAMPLES = """examples:
   ddim sample                                   16 images of the default model -> samples.png
@@ -102,15 +104,18 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     add_execution_options(p)
     p.add_argument(
-        "--out", type=Path, default=None, help="grid PNG (default: samples.png unless --out-dir/--npz)"
+        "--out", type=output_file, default=None, help="grid PNG (default: samples.png unless --out-dir/--npz)"
     )
     p.add_argument(
-        "--out-dir", type=Path, default=None,
+        "--out-dir", type=output_folder, default=None,
         help="write one PNG per sample into this folder (000000.png, …); alone, each batch is written "
         "as it is made and a stopped run, started again, skips the finished batches",
     )  # fmt: skip
     p.add_argument(
-        "--npz", type=Path, default=None, help="write an .npz: images (uint8 NHWC) and x (float32 NCHW)"
+        "--npz",
+        type=output_file,
+        default=None,
+        help="write an .npz: images (uint8 NHWC) and x (float32 NCHW)",
     )
     p.add_argument("--nrow", type=int_at_least(1), default=None, help="grid columns (default: about √n)")
     p.add_argument(
@@ -134,7 +139,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         metavar="P",
         help="Imagen's dynamic thresholding of x̂0 at percentile P in (0, 1], e.g. 0.995 (default: off)",
     )
-    p.add_argument("--trajectory", type=Path, default=None, help="GIF of x_t and x̂0 over the steps")
+    p.add_argument("--trajectory", type=output_file, default=None, help="GIF of x_t and x̂0 over the steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
         "--dry-run", action="store_true", help="print the resolved settings and timesteps, then exit"
@@ -146,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
     device = distributed.init(args.device)  # under torchrun: join the group, one GPU per rank
     if distributed.launched() and args.trajectory is not None:
         raise ValueError("--trajectory is for single-process runs (not under torchrun)")
+    if args.steps is not None and args.timesteps is not None:
+        raise ValueError("give --steps or --timesteps, not both (--timesteps sets the number of steps)")
     model = load(args.model)
     T = model.schedule.num_timesteps
     latents, stored = read_latents(args.latents) if args.latents is not None else (None, None)
@@ -157,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
         seq = timesteps(T, 50 if args.steps is None else args.steps, args.spacing, model.schedule)
     n = _count(args.n, latents, args.classes)
     labels, w = conditioning(model, args.classes, args.guidance, n)  # checked before any sampling
-    out = args.out if args.out is not None or args.out_dir or args.npz else Path("samples.png")
+    out = args.out if args.out is not None or args.out_dir or args.npz else check_writable("samples.png")
     main = distributed.is_main()
     settings = {
         "model": str(args.model), "n": n, "latents": None if latents is None else str(args.latents),
@@ -186,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if out is None and args.npz is None and args.trajectory is None:  # --out-dir alone
         return _stream(model, args.out_dir, shard, latents, labels, options, start)
+    if args.out_dir is not None:  # the PNGs go where a streamed run may resume: refused if another's
+        claim_folder(model, args.out_dir, noise=latents, classes=labels, **options)
     x, trajectory = torch.empty(0, *model.image_shape), None
     if len(shard):
         result = sample(

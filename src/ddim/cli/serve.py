@@ -32,7 +32,10 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)"
     )
     p.add_argument(
-        "--port", type=int_at_least(0), default=8000, help="TCP port, 0 for any free one (default: 8000)"
+        "--port",
+        type=int_at_least(0, 65535),
+        default=8000,
+        help="TCP port, 0 for any free one (default: 8000)",
     )
     p.add_argument(
         "--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"

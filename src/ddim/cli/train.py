@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ddim.cli._args import device_arg, int_at_least
+from ddim.cli._args import device_arg, int_at_least, output_folder
 from ddim.runs import RunFolder
 from ddim.train_config import TrainConfig, apply_assignments, load_toml
 from ddim.training import train
@@ -39,7 +39,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         epilog=TRAIN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", type=Path, required=True, help="the run folder (created; must not hold a run)")
+    p.add_argument(
+        "--out", type=output_folder, required=True, help="the run folder (created; must not hold a run)"
+    )
     p.add_argument("--data", default=None, help="an .npz with x_train, or an image folder")
     p.add_argument("--config", type=Path, default=None, help="a TOML file of settings")
     p.add_argument(

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from ddim.checkpoint import CheckpointError
+from ddim.checkpoint import CheckpointError, read_metadata
 from ddim.convert import diffusers, official
 from ddim.models import Model
 
@@ -57,6 +57,7 @@ def import_model(path: str | os.PathLike, *, resolution: int | None = None) -> M
     path = Path(path)
     fmt = detect(path)
     if fmt == "ddim":
+        read_metadata(path)  # a file that is not one says what it is instead
         raise CheckpointError(f"{path} is already a native ddim checkpoint: nothing to convert")
     if fmt == "diffusers":
         if resolution is not None:

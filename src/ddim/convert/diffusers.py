@@ -17,11 +17,9 @@ import re
 from pathlib import Path
 
 import numpy as np
-import safetensors
-import safetensors.torch
 from torch import Tensor
 
-from ddim.checkpoint import CheckpointError, check_weights, read_torch_file
+from ddim.checkpoint import CheckpointError, check_weights, read_safetensors, read_torch_file
 from ddim.models import Model
 from ddim.models.parameterization import Prediction
 from ddim.models.unet import UNet, UNetConfig
@@ -238,10 +236,7 @@ def _read_weights(folder: Path) -> dict[str, Tensor]:
     if path is None:
         raise CheckpointError(f"{folder} has no {' or '.join(WEIGHTS)}")
     if path.suffix == ".safetensors":
-        try:
-            state = safetensors.torch.load_file(path)
-        except (safetensors.SafetensorError, OSError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from None
+        state = read_safetensors(path)
     else:
         state = read_torch_file(path)
         if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):

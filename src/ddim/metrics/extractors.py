@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from importlib import metadata, resources
 from pathlib import Path
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ddim.checkpoint import check_weights, read_safetensors
 from ddim.metrics.mnist_net import FEATURE_DIM, MnistNet
 
 INCEPTION_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
@@ -128,7 +128,9 @@ def _mnist(weights: str | os.PathLike | None, device: torch.device) -> Extractor
     if not path.is_file():
         raise FileNotFoundError(f"no MNIST classifier weights at {path}")
     net = MnistNet()
-    net.load_state_dict(safetensors.torch.load_file(path))
+    state = read_safetensors(path)
+    check_weights(state, {k: v.shape for k, v in net.state_dict().items()}, path)
+    net.load_state_dict(state)
     digest = sha1_of(path)
     net = net.to(device).eval()
 

@@ -7,6 +7,7 @@ large n). The features themselves are kept as float32 for KID.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ddim import distributed
-from ddim.data import to_model_range
+from ddim.data import DataError, read_npz, to_model_range
 from ddim.io import save_npz
 from ddim.metrics.extractors import Extractor
 
@@ -113,7 +114,8 @@ def cached_feature_stats(
     key = stats_key(images, extractor)
     path = None if cache_dir is None else Path(cache_dir) / f"{label}-{extractor.name}-{key[:16]}.npz"
     if path is not None and path.is_file():
-        with np.load(path, allow_pickle=False) as f:
+        with contextlib.suppress(DataError):  # a damaged entry is computed again and replaced
+            f = read_npz(path, ["key", "mu", "cov", "features"])
             if str(f["key"]) == key:
                 return FeatureStats(f["mu"], f["cov"], f["features"]), key
     stats = feature_stats(extractor, images, batch_size=batch_size, progress=progress)
