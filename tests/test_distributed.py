@@ -40,7 +40,7 @@ def test_two_processes_sample_the_images_of_one(tmp_path, tiny_checkpoint, n):
     ddim_cmd(*common, "--npz", tmp_path / "two.npz", "--out-dir", tmp_path / "two", processes=2)
     one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
     assert np.array_equal(two["x"], one["x"])
-    names = sorted(p.name for p in (tmp_path / "two").iterdir())
+    names = sorted(p.name for p in (tmp_path / "two").glob("*.png"))
     assert names == [f"{i:06d}.png" for i in range(n)]  # none missing, none twice
     for name in names:
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
