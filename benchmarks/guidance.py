@@ -7,9 +7,10 @@ project's MNIST classifier (`ddim.metrics`), and the guidance grid of docs/guida
 1. Per-class accuracy: n samples of each class k (w = --guidance, S = --steps, seeds 0 … n − 1),
    the share the classifier labels k (the issue's criterion: ≥ 95 % for every k at w = 2, S = 50).
 2. Editing: the first --edits test digits, digit i sent to class (y_i + 1 + i mod 9) mod 10 (never
-   its own), by inversion (and SDEdit with --strength): the share labelled as the target, and
-   whether each edit stays closer to its source (RMS pixel distance) than an unrelated sample
-   of the target class (seed i, same w) does (criterion: ≥ 80 % success).
+   its own), by inversion (unconditional, and from the digit's true class as `--from-class` would)
+   and SDEdit with --strength: the share labelled as the target, the share that stays closer to
+   its source (RMS pixel distance) than an unrelated sample of the target class (seed i, same w)
+   does, and the share that does both (the criterion: ≥ 80 % of the trials).
 3. --grid: rows = classes, columns = w in --grid-guidance (default 0, 1, 2, 4), the same seeds in
    every column.
 It measures; it asserts nothing.
@@ -36,11 +37,12 @@ from ddim.metrics import load_extractor
 
 @dataclass(frozen=True)
 class EditResult:
-    method: str  # "inversion" or "sdedit s"
+    method: str  # "inversion", "inversion from the source class" or "sdedit s"
     n: int
     guidance: float
     success: float  # share of edits the classifier labels as the target class
     closer: float  # share of edits closer to their source than the unrelated target-class sample
+    both: float  # share of edits that are labelled as the target and closer
     distance_edit: float  # mean RMS pixel distance, edit ↔ source, on [-1, 1]
     distance_unrelated: float  # mean RMS pixel distance, unrelated sample ↔ source
     seconds: float
@@ -65,21 +67,27 @@ def class_accuracy(
 
 def edit_trials(
     model: ddim.Model, classifier: nn.Module, x0: Tensor, y: Tensor, steps: int, guidance: float,
-    strength: float | None = None, batch_size: int = 250,
+    strength: float | None = None, from_source: bool = False, batch_size: int = 250,
 ) -> EditResult:  # fmt: skip
-    """Edit digit i to class (y_i + 1 + i mod 9) mod 10 and score the edits (see the module docstring)."""
+    """Edit digit i to class (y_i + 1 + i mod 9) mod 10 and score the edits (see the module docstring);
+    `from_source`: invert with the digit's true class y_i."""
     start = time.perf_counter()
     target = (y + 1 + torch.arange(len(y)) % 9) % 10
     x = ddim.edit(model, x0, target.tolist(), guidance=guidance, strength=strength, steps=steps,
-                  batch_size=batch_size)  # fmt: skip
+                  from_class=y.tolist() if from_source else None, batch_size=batch_size)  # fmt: skip
     unrelated = ddim.sample(model, len(y), steps=steps, seed=0, classes=target.tolist(), guidance=guidance,
                             batch_size=batch_size)  # fmt: skip
     d_edit = (x.clamp(-1, 1) - x0).pow(2).flatten(1).mean(1).sqrt()  # (N,), on the images as saved
     d_unrelated = (unrelated.clamp(-1, 1) - x0).pow(2).flatten(1).mean(1).sqrt()
-    method = "inversion" if strength is None else f"sdedit {strength:g}"
+    method = (
+        f"sdedit {strength:g}"
+        if strength is not None
+        else "inversion" + from_source * " from the source class"
+    )
+    hit, closer = classify(classifier, x) == target, d_edit < d_unrelated
     return EditResult(
-        method, len(y), guidance, (classify(classifier, x) == target).double().mean().item(),
-        (d_edit < d_unrelated).double().mean().item(), d_edit.mean().item(), d_unrelated.mean().item(),
+        method, len(y), guidance, hit.double().mean().item(), closer.double().mean().item(),
+        (hit & closer).double().mean().item(), d_edit.mean().item(), d_unrelated.mean().item(),
         time.perf_counter() - start,
     )  # fmt: skip
 
@@ -125,14 +133,18 @@ def main() -> None:
     x0 = load_images(args.data, key="x_test", resolution=size, channels=channels, limit=args.edits)
     x0 = to_model_range(x0)
     y = load_labels(args.data, key="y_test", limit=args.edits)[0]
-    edits = [edit_trials(model, classifier, x0, y, args.steps, args.edit_guidance)]
+    edits = [
+        edit_trials(model, classifier, x0, y, args.steps, args.edit_guidance, from_source=s)
+        for s in (False, True)
+    ]
     if args.strength is not None:
         edits.append(edit_trials(model, classifier, x0, y, args.steps, args.edit_guidance, args.strength))
     for r in edits:
         print(
             f"edit ({r.method}, w = {r.guidance:g}, {r.n} digits): {100 * r.success:.1f} % labelled as the "
             f"target; {100 * r.closer:.1f} % closer to the source than an unrelated target sample "
-            f"(RMS {r.distance_edit:.3f} vs {r.distance_unrelated:.3f}) ({r.seconds:.0f} s)"
+            f"(RMS {r.distance_edit:.3f} vs {r.distance_unrelated:.3f}); both: {100 * r.both:.1f} % "
+            f"({r.seconds:.0f} s)"
         )
     if args.grid is not None:
         print(f"wrote {guidance_grid(model, args.grid, args.grid_guidance, args.per_cell, args.steps)}")

@@ -184,8 +184,12 @@ def test_guidance_benchmark_runs_on_a_tiny_model(tmp_path, make_tiny_model):
     x0 = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     result = edit_trials(model, classifier, x0, torch.tensor([3, 9, 0]), steps=2, guidance=2, strength=0.5)
     assert (result.method, result.n) == ("sdedit 0.5", 3)
-    assert 0 <= result.success <= 1
+    assert 0 <= result.both <= min(result.success, result.closer) <= 1
     assert result.distance_edit > 0
+    result = edit_trials(
+        model, classifier, x0, torch.tensor([3, 9, 0]), steps=2, guidance=2, from_source=True
+    )
+    assert result.method == "inversion from the source class"
     guidance_grid(model, tmp_path / "g.png", [0, 2], per_cell=2, steps=1)
     with Image.open(tmp_path / "g.png") as im:
         assert im.size == (4 * 56 + 5 * 2, 10 * 56 + 11 * 2)  # 2 w × 2 samples a row, 28 px shown at 2×
