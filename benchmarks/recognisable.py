@@ -4,7 +4,9 @@
 
 Prints the share of samples classified with confidence ≥ 0.9 and the share of each digit
 (the model card's criteria: ≥ 90 % confident, every digit between 5 % and 15 %); --json writes
-them. It measures; it asserts nothing (tests/test_shipped_model.py does, on the shipped model).
+them. A class-conditional model samples unconditionally (its null class), or with --conditional
+sample i of class i mod 10 at guidance --guidance (w = 1: the plain conditional model).
+It measures; it asserts nothing (tests/test_shipped_model.py does, on the shipped model).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class Recognisability:
     seed: int
     confident: float  # share of samples whose top class has probability >= threshold
     threshold: float
+    conditional: bool  # sample i of class i mod 10, guidance w (else unconditional)
+    guidance: float
     class_shares: list[float]  # share of samples predicted as each digit 0-9
     seconds: float
 
@@ -37,19 +41,25 @@ class Recognisability:
 @torch.no_grad()
 def measure(
     model: ddim.Model, n: int = 1000, steps: int = 50, eta: float = 0.0, seed: int = 0,
-    threshold: float = 0.9, batch_size: int = 250, progress: bool = False,
+    threshold: float = 0.9, conditional: bool = False, guidance: float = 1.0, batch_size: int = 250,
+    progress: bool = False,
 ) -> Recognisability:  # fmt: skip
-    """Sample n images and classify them (the MNIST classifier of `ddim.metrics`, 28×28 input)."""
+    """Sample n images and classify them (the MNIST classifier of `ddim.metrics`, 28×28 input);
+    `conditional`: sample i of class i mod 10 with guidance w."""
     start = time.perf_counter()
-    x = ddim.sample(model, n, steps=steps, eta=eta, seed=seed, batch_size=batch_size, progress=progress)
+    labels = {"classes": [i % 10 for i in range(n)], "guidance": guidance} if conditional else {}
+    x = ddim.sample(
+        model, n, steps=steps, eta=eta, seed=seed, batch_size=batch_size, progress=progress, **labels
+    )
     seconds = time.perf_counter() - start
     classifier = load_extractor("mnist").net.eval()
     probs = torch.cat([classifier(x[i : i + 500]).softmax(1) for i in range(0, n, 500)])  # (n, 10)
     top, label = probs.max(1)
     shares = torch.bincount(label, minlength=10).double() / n
     return Recognisability(
-        n, steps, eta, seed, (top >= threshold).double().mean().item(), threshold, shares.tolist(), seconds
-    )
+        n, steps, eta, seed, (top >= threshold).double().mean().item(), threshold, conditional,
+        guidance if conditional else 0.0, shares.tolist(), seconds,
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -59,10 +69,17 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--conditional", action="store_true", help="sample i of class i mod 10")
+    p.add_argument("--guidance", type=float, default=1.0, help="w with --conditional (default: 1)")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = p.parse_args()
-    r = measure(ddim.load(args.model), args.n, args.steps, args.eta, args.seed, progress=True)
-    print(f"{args.model}: {r.n} samples, S = {r.steps}, η = {r.eta}, seed {r.seed} ({r.seconds:.0f} s)")
+    model = ddim.load(args.model)
+    r = measure(model, args.n, args.steps, args.eta, args.seed, conditional=args.conditional,
+                guidance=args.guidance, progress=True)  # fmt: skip
+    how = f"class i mod 10, w = {r.guidance:g}" if r.conditional else "unconditional"
+    print(
+        f"{args.model}: {r.n} samples ({how}), S = {r.steps}, η = {r.eta}, seed {r.seed} ({r.seconds:.0f} s)"
+    )
     print(f"classified with confidence >= {r.threshold}: {100 * r.confident:.1f} %")
     print("share of each digit: " + ", ".join(f"{d}: {100 * s:.1f} %" for d, s in enumerate(r.class_shares)))
     if args.json:

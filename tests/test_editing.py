@@ -193,3 +193,23 @@ def test_guidance_benchmark_runs_on_a_tiny_model(tmp_path, make_tiny_model):
     guidance_grid(model, tmp_path / "g.png", [0, 2], per_cell=2, steps=1)
     with Image.open(tmp_path / "g.png") as im:
         assert im.size == (4 * 56 + 5 * 2, 10 * 56 + 11 * 2)  # 2 w × 2 samples a row, 28 px shown at 2×
+
+
+def test_recognisable_benchmark_samples_classes_i_mod_10(monkeypatch):
+    """benchmarks/recognisable.py --conditional asks for class i mod 10 at w; plain runs for no class."""
+    import benchmarks.recognisable as rec
+
+    calls = []
+
+    def spy(model, n, **options):
+        calls.append(options)
+        return torch.zeros(n, 1, 28, 28)
+
+    monkeypatch.setattr(rec.ddim, "sample", spy)
+    r = rec.measure("a model", n=23, steps=2, conditional=True, guidance=3.0)
+    assert calls[0]["classes"] == [i % 10 for i in range(23)]
+    assert (calls[0]["guidance"], r.conditional, r.guidance) == (3.0, True, 3.0)
+    r = rec.measure("a model", n=23, steps=2)
+    assert "classes" not in calls[1]
+    assert "guidance" not in calls[1]
+    assert sum(r.class_shares) == pytest.approx(1)
