@@ -22,6 +22,7 @@ import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -65,18 +66,35 @@ def class_accuracy(
     return shares
 
 
+def edit_targets(y: Tensor) -> Tensor:
+    """The class digit i is edited to: (y_i + 1 + i mod 9) mod 10, never its own."""
+    return (y + 1 + torch.arange(len(y)) % 9) % 10
+
+
+def unrelated_samples(
+    model: ddim.Model, y: Tensor, steps: int, guidance: float, batch_size: int = 250
+) -> Tensor:
+    """Sample i of digit i's target class (seed (0, i)), to compare an edit's distance with."""
+    target = edit_targets(y).tolist()
+    return ddim.sample(
+        model, len(y), steps=steps, seed=0, classes=target, guidance=guidance, batch_size=batch_size
+    )
+
+
 def edit_trials(
     model: ddim.Model, classifier: nn.Module, x0: Tensor, y: Tensor, steps: int, guidance: float,
-    strength: float | None = None, from_source: bool = False, batch_size: int = 250,
+    strength: float | None = None, from_source: bool = False, unrelated: Tensor | None = None,
+    batch_size: int = 250,
 ) -> EditResult:  # fmt: skip
     """Edit digit i to class (y_i + 1 + i mod 9) mod 10 and score the edits (see the module docstring);
-    `from_source`: invert with the digit's true class y_i."""
+    `from_source`: invert with the digit's true class y_i; `unrelated`: the target-class samples
+    (`unrelated_samples`, drawn here if None)."""
     start = time.perf_counter()
-    target = (y + 1 + torch.arange(len(y)) % 9) % 10
+    target = edit_targets(y)
     x = ddim.edit(model, x0, target.tolist(), guidance=guidance, strength=strength, steps=steps,
                   from_class=y.tolist() if from_source else None, batch_size=batch_size)  # fmt: skip
-    unrelated = ddim.sample(model, len(y), steps=steps, seed=0, classes=target.tolist(), guidance=guidance,
-                            batch_size=batch_size)  # fmt: skip
+    if unrelated is None:
+        unrelated = unrelated_samples(model, y, steps, guidance, batch_size)
     d_edit = (x.clamp(-1, 1) - x0).pow(2).flatten(1).mean(1).sqrt()  # (N,), on the images as saved
     d_unrelated = (unrelated.clamp(-1, 1) - x0).pow(2).flatten(1).mean(1).sqrt()
     method = (
@@ -133,12 +151,13 @@ def main() -> None:
     x0 = load_images(args.data, key="x_test", resolution=size, channels=channels, limit=args.edits)
     x0 = to_model_range(x0)
     y = load_labels(args.data, key="y_test", limit=args.edits)[0]
-    edits = [
-        edit_trials(model, classifier, x0, y, args.steps, args.edit_guidance, from_source=s)
-        for s in (False, True)
-    ]
+    unrelated = unrelated_samples(model, y, args.steps, args.edit_guidance)
+    trial = partial(
+        edit_trials, model, classifier, x0, y, args.steps, args.edit_guidance, unrelated=unrelated
+    )
+    edits = [trial(from_source=False), trial(from_source=True)]
     if args.strength is not None:
-        edits.append(edit_trials(model, classifier, x0, y, args.steps, args.edit_guidance, args.strength))
+        edits.append(trial(strength=args.strength))
     for r in edits:
         print(
             f"edit ({r.method}, w = {r.guidance:g}, {r.n} digits): {100 * r.success:.1f} % labelled as the "
