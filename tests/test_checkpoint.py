@@ -167,6 +167,7 @@ def test_unknown_net_type_and_bad_config(tiny_checkpoint, tmp_path):
         ({"image_shape": [1, 7, 7]}, r"image_shape \[1, 7, 7\] is not the network's input shape"),
         ({"image_shape": [1, 16, 16]}, r"image_shape \[1, 16, 16\] is not the network's input shape"),
         ({"net": 5}, "unknown net type 5"),
+        ({"net": "unet"}, "unknown net type 'unet': net must be a table of settings"),
     ],
 )
 def test_a_config_at_odds_with_its_network_is_refused(tiny_checkpoint, edit, message):

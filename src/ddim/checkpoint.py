@@ -175,7 +175,9 @@ def load_native(path: str | os.PathLike) -> Model:
     try:
         schedule = NoiseSchedule.from_betas(tensors.pop("schedule.betas"))
         net_cfg = meta["net"]
-        kind = net_cfg.get("type") if isinstance(net_cfg, dict) else net_cfg
+        if not isinstance(net_cfg, dict):  # even a known name: its settings are missing
+            raise ValueError(f"unknown net type {net_cfg!r}: net must be a table of settings with a 'type'")
+        kind = net_cfg.get("type")
         if kind not in _NETS:
             raise ValueError(f"unknown net type {kind!r} (known: {', '.join(_NETS)})")
         net = _NETS[kind](net_cfg, schedule)
