@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 import torch
 from torch import Tensor
 
@@ -13,6 +15,8 @@ from ddim.cli import main
 if TYPE_CHECKING:  # diffusers is imported only by the tests that compare with it
     from diffusers import DDIMScheduler, DDPMScheduler
 
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"  # ../shared beside the checkout
+needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"no MNIST copy at {MNIST}")
 PREDICTION_TYPE = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}  # ours → diffusers'
 
 

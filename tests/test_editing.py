@@ -165,6 +165,19 @@ def test_cli_edit_refuses_bad_input_in_one_line(capsys, files, argv, message):
     assert err.count("\n") == 1
 
 
+@pytest.mark.skipif("mnist-cond" not in ddim.builtin_names(), reason="mnist-cond is not shipped")
+def test_cli_edit_uses_the_shipped_conditional_model_by_default(tmp_path, capsys):
+    digit = np.zeros((28, 28), np.uint8)
+    digit[6:22, 13:16] = 255  # a "1"
+    Image.fromarray(digit).save(tmp_path / "one.png")
+    code, _, err = run_cli(capsys, "edit", "--image", tmp_path / "one.png", "--to-class", "7", "--steps", 2,
+                             "--npz", tmp_path / "e.npz", "--quiet")  # fmt: skip
+    assert code == 0, err
+    x0 = torch.tensor(digit).float()[None, None] / 127.5 - 1
+    expected = ddim.edit(ddim.load("mnist-cond"), x0, 7, steps=2)
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "e.npz")["x"]), expected)
+
+
 def test_cli_edit_on_an_unconditional_model(capsys, files, tiny_checkpoint):
     _, png, _ = files
     code, _, err = run_cli(capsys, "edit", "--model", tiny_checkpoint, "--image", png, "--to-class", "8")

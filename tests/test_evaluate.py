@@ -2,7 +2,6 @@
 
 import csv
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import ddim
 from ddim import evaluate as sweep
 from ddim.data import load_images
 from ddim.metrics import extractors, feature_stats, frechet_distance, load_extractor
-from helpers import run_cli
+from helpers import MNIST, needs_mnist, run_cli
 
 
 @pytest.fixture
@@ -167,12 +166,9 @@ def test_table_layout_and_eta_parsing():
         sweep.SweepConfig(n=1)
 
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"  # beside the checkout
-
-
 @pytest.mark.slow
 @pytest.mark.skipif("mnist" not in ddim.builtin_names(), reason="the shipped MNIST model is not there yet")
-@pytest.mark.skipif(not MNIST.is_file(), reason=f"no MNIST copy at {MNIST}")
+@needs_mnist
 def test_paper_trend_at_ten_steps_on_the_shipped_model():
     """Paper Table 1 at S = 10: η = 0 beats η = 1, and σ̂ is the worst (about 6 CPU-minutes).
     The S = 1000 half of the claim (the gap closes) costs hours: see docs/evaluation.md."""

@@ -2,7 +2,6 @@
 
 import math
 from itertools import pairwise
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +13,9 @@ from ddim.inversion import check_images, reconstruction_errors, upward_sequence
 from ddim.sampling import denoise
 from ddim.schedule import NoiseSchedule, timesteps
 from ddim.toy import MixtureDenoiser, gaussian_gain
+from helpers import MNIST, needs_mnist
 
 SCHEDULE = NoiseSchedule.linear()
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"  # beside the checkout
 
 
 def test_upward_sequence_starts_at_zero_and_mirrors_sampling():
@@ -116,10 +115,9 @@ def test_plain_callables_skip_the_image_range_check():
 
 @pytest.mark.slow
 @pytest.mark.skipif("mnist" not in builtin_names(), reason="the shipped MNIST weights are not there yet")
+@needs_mnist
 def test_mnist_reconstruction_error_falls_with_steps():
     """The issue's must-show: Table 2 on 500 MNIST test images; MSE falls 10 → 100, < 0.01 at 100."""
-    if not MNIST.is_file():
-        pytest.skip(f"MNIST test images not found at {MNIST}")
     model = ddim.load("mnist")
     x0 = to_model_range(load_images(MNIST, key="x_test", resolution=model.image_shape[-1], limit=500))
     rows = reconstruction_errors(model, x0, (10, 20, 50, 100), batch_size=100)

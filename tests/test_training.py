@@ -1,5 +1,6 @@
 """Training: the loss and EMA against closed forms, exact resume, and runs that fail safely."""
 
+import dataclasses
 import json
 import math
 import os
@@ -19,7 +20,7 @@ import ddim
 from ddim.models.unet import UNet
 from ddim.train_config import TrainConfig, apply_assignments, load_toml, to_toml
 from ddim.training import TrainingError, batch_indices, diffusion_loss, ema_update, train
-from helpers import run_cli
+from helpers import MNIST, needs_mnist, run_cli
 
 TINY_NET = {"resolution": 8, "in_channels": 1, "out_channels": 1, "ch": 8, "ch_mult": [1, 2],
             "num_res_blocks": 1, "attn_resolutions": [4], "dropout": 0.1, "norm_groups": 4}  # fmt: skip
@@ -245,10 +246,7 @@ def test_ctrl_c_or_sigterm_saves_and_exits_cleanly(tmp_path, dataset, stop):
     assert not (out / "model.safetensors").exists()  # training was not complete
 
 
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"
-
-
-@pytest.mark.skipif(not MNIST.is_file(), reason=f"real MNIST not found at {MNIST}")
+@needs_mnist
 def test_cli_stop_and_resume_on_real_mnist_matches_an_uninterrupted_run(tmp_path, capsys):
     """Through the real command on MNIST: 3 steps, stop, resume to 6 == 6 steps in one go."""
     tiny = ["--set", "net.ch=8", "--set", "net.norm_groups=4", "--set", "net.ch_mult=[1, 2]",
@@ -289,12 +287,15 @@ def test_cli_bad_data_names_the_file(tmp_path, capsys):
         assert err.count("\n") == 1
 
 
-@pytest.mark.parametrize("name", ["mnist", "cifar10"])
+@pytest.mark.parametrize("name", ["mnist", "mnist-cond", "cifar10"])
 def test_shipped_recipes_parse(name, capsys):
     path = Path(__file__).resolve().parents[1] / "configs" / f"{name}.toml"
     config = TrainConfig.from_dict(load_toml(path))
     if name == "mnist":
         assert config == TrainConfig()  # the file is the defaults, written out
+    elif name == "mnist-cond":  # mnist's recipe with the ten digits' labels, dropout 0.2, 30k steps
+        net = dataclasses.replace(TrainConfig().net, num_classes=10)
+        assert config == TrainConfig(conditional=True, class_dropout=0.2, steps=30_000, net=net)
     else:
         assert sum(p.numel() for p in UNet(config.net).parameters()) == 35_746_307
     code, out, err = run_cli(capsys, "train", "--config", path, "--data", "x.npz", "--out", "r", "--dry-run")

@@ -10,9 +10,7 @@ import torch
 from ddim.data import load_images, to_model_range
 from ddim.metrics import extractors as ext
 from ddim.metrics import feature_stats, frechet_distance, load_extractor
-
-MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist.npz"  # beside the checkout
-needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"no MNIST copy at {MNIST}")
+from helpers import MNIST, needs_mnist
 
 
 def inception_installed() -> bool:

@@ -15,11 +15,9 @@ from ddim.models import Model
 from ddim.schedule import SPACINGS
 
 
-def add_model_options(p: argparse.ArgumentParser, batch_size: int = 64) -> None:
-    """--model, --spacing, --batch-size, --device, the execution options, --quiet."""
-    p.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"built-in name or checkpoint path (default: {DEFAULT_MODEL})"
-    )
+def add_model_options(p: argparse.ArgumentParser, batch_size: int = 64, model: str = DEFAULT_MODEL) -> None:
+    """--model (default `model`), --spacing, --batch-size, --device, the execution options, --quiet."""
+    p.add_argument("--model", default=model, help=f"built-in name or checkpoint path (default: {model})")
     p.add_argument(
         "--spacing", choices=SPACINGS, default="uniform", help="timestep sub-sequence (default: uniform)"
     )

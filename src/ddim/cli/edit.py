@@ -13,11 +13,12 @@ from ddim.cli._images import add_image_options, add_model_options, model_options
 from ddim.editing import EDIT_GUIDANCE, edit
 from ddim.io import check_writable, make_grid, save_png, save_samples, to_uint8
 
+EDIT_MODEL = "mnist-cond"  # the shipped class-conditional model (docs/models/mnist-cond.md)
 EXAMPLES = """examples:
-  ddim edit --model cond.safetensors --image digit.png --to-class 8            invert, decode as an 8
-  ddim edit --model cond.safetensors --image digit.png --to-class 8 --strength 0.6   SDEdit
-  ddim edit --model cond.safetensors --images mnist.npz --limit 10 --to-class 0,1,2,3,4,5,6,7,8,9 \\
-      --compare before-after.png
+  ddim edit --image digit.png --to-class 8                        invert, decode as an 8 (mnist-cond)
+  ddim edit --image digit.png --to-class 8 --strength 0.6         SDEdit
+  ddim edit --images mnist.npz --limit 10 --to-class 0,1,2,3,4,5,6,7,8,9 --compare before-after.png
+  ddim edit --model cond.safetensors --images pets/ --to-class cat     your own conditional model
 """
 
 
@@ -78,7 +79,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--compare", type=output_file, default=None, help="PNG: the originals (top row) over the edits"
     )
-    add_model_options(p)
+    add_model_options(p, model=EDIT_MODEL)
     p.set_defaults(func=run)
 
 
