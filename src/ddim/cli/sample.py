@@ -43,7 +43,7 @@ SAMPLE_EXAMPLES = """examples:
   ddim sample --precision bf16 --channels-last --compile     faster network evaluations
   ddim sample --steps 20 --trajectory traj.gif  watch x_t and the predicted x0 denoise
   ddim sample --latents latents.npz             decode the latents of `ddim invert`
-  ddim sample --model cond.safetensors --class 0,1,2,3 --guidance 2   classifier-free guidance
+  ddim sample --model mnist-cond --class 0,1,2,3 --guidance 2   classifier-free guidance
 """
 
 
