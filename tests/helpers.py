@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from ddim.checkpoint import builtin_names
 from ddim.cli import main
 
 if TYPE_CHECKING:  # diffusers is imported only by the tests that compare with it
@@ -17,6 +18,13 @@ if TYPE_CHECKING:  # diffusers is imported only by the tests that compare with i
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"  # ../shared beside the checkout
 needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"no MNIST copy at {MNIST}")
+
+
+def needs_builtin(name: str) -> pytest.MarkDecorator:
+    """Skip unless the built-in model `name` (e.g. "mnist") is in the package."""
+    return pytest.mark.skipif(name not in builtin_names(), reason=f"{name} is not shipped")
+
+
 PREDICTION_TYPE = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}  # ours → diffusers'
 
 

@@ -11,7 +11,7 @@ from ddim.metrics import load_extractor
 from ddim.models import Model
 from ddim.schedule import NoiseSchedule, timesteps
 from ddim.toy import MixtureDenoiser, gaussian_gain, glyphs, toy_model
-from helpers import run_cli
+from helpers import needs_builtin, run_cli
 
 SCHEDULE = NoiseSchedule.linear()
 
@@ -165,7 +165,7 @@ def test_cli_edit_refuses_bad_input_in_one_line(capsys, files, argv, message):
     assert err.count("\n") == 1
 
 
-@pytest.mark.skipif("mnist-cond" not in ddim.builtin_names(), reason="mnist-cond is not shipped")
+@needs_builtin("mnist-cond")
 def test_cli_edit_uses_the_shipped_conditional_model_by_default(tmp_path, capsys):
     digit = np.zeros((28, 28), np.uint8)
     digit[6:22, 13:16] = 255  # a "1"

@@ -10,7 +10,7 @@ import ddim
 from ddim import evaluate as sweep
 from ddim.data import load_images
 from ddim.metrics import extractors, feature_stats, frechet_distance, load_extractor
-from helpers import MNIST, needs_mnist, run_cli
+from helpers import MNIST, needs_builtin, needs_mnist, run_cli
 
 
 @pytest.fixture
@@ -167,7 +167,7 @@ def test_table_layout_and_eta_parsing():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("mnist" not in ddim.builtin_names(), reason="the shipped MNIST model is not there yet")
+@needs_builtin("mnist")
 @needs_mnist
 def test_paper_trend_at_ten_steps_on_the_shipped_model():
     """Paper Table 1 at S = 10: η = 0 beats η = 1, and σ̂ is the worst (about 6 CPU-minutes).

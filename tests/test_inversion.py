@@ -7,13 +7,12 @@ import pytest
 import torch
 
 import ddim
-from ddim.checkpoint import builtin_names
 from ddim.data import load_images, to_model_range
 from ddim.inversion import check_images, reconstruction_errors, upward_sequence
 from ddim.sampling import denoise
 from ddim.schedule import NoiseSchedule, timesteps
 from ddim.toy import MixtureDenoiser, gaussian_gain
-from helpers import MNIST, needs_mnist
+from helpers import MNIST, needs_builtin, needs_mnist
 
 SCHEDULE = NoiseSchedule.linear()
 
@@ -114,7 +113,7 @@ def test_plain_callables_skip_the_image_range_check():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("mnist" not in builtin_names(), reason="the shipped MNIST weights are not there yet")
+@needs_builtin("mnist")
 @needs_mnist
 def test_mnist_reconstruction_error_falls_with_steps():
     """The issue's must-show: Table 2 on 500 MNIST test images; MSE falls 10 → 100, < 0.01 at 100."""

@@ -7,15 +7,14 @@ import torch
 
 import ddim
 from ddim.train_config import TrainConfig, load_toml
-from helpers import MNIST, needs_mnist
+from helpers import MNIST, needs_builtin, needs_mnist
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def shipped(name: str, *values, marks=()):
     """A parameter set for the built-in model `name`, skipped if its weights are not in the package."""
-    missing = pytest.mark.skipif(name not in ddim.builtin_names(), reason=f"{name} is not shipped")
-    return pytest.param(name, *values, marks=(missing, *marks))
+    return pytest.param(name, *values, marks=(needs_builtin(name), *marks))
 
 
 @pytest.mark.parametrize(
@@ -59,7 +58,7 @@ def test_its_digits_are_recognisable(name):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("mnist-cond" not in ddim.builtin_names(), reason="mnist-cond is not shipped")
+@needs_builtin("mnist-cond")
 def test_guided_samples_are_their_class():
     """Issue 11's criterion on mnist-cond: at w = 2, S = 50, the classifier labels ≥ 95 % of each
     class's 100 samples as that class."""
@@ -72,7 +71,7 @@ def test_guided_samples_are_their_class():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("mnist-cond" not in ddim.builtin_names(), reason="mnist-cond is not shipped")
+@needs_builtin("mnist-cond")
 @needs_mnist
 def test_sdedit_edits_test_digits_to_their_target():
     """Issue 11's editing criterion on mnist-cond: of the first 100 test digits, each sent to another
