@@ -45,6 +45,7 @@ from torch import Tensor
 
 import ddim
 from ddim.io import atomic_write
+from ddim.sampling import PRECISIONS
 from ddim.schedule import NoiseSchedule, timesteps
 from ddim.toy import MixtureDenoiser, glyphs, probability_flow
 
@@ -170,6 +171,7 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
     report = {
         "model": str(args.model), "fingerprint": model_fingerprint(model),
         "reference": f"{args.ref}:{args.ref_key}", "n": args.n, "seed": args.seed,
+        "precision": args.precision,
         "floor": {"fid": frechet_distance(floor.mu, floor.cov, ref.mu, ref.cov)},
     }  # fmt: skip
     cells = _resumable_cells(path, report)
@@ -179,8 +181,9 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
         ts = timesteps(model.schedule.num_timesteps, budget, spacing, model.schedule)
         start = time.perf_counter()
         x = ddim.sample(
-            model, args.n, timesteps=ts, sampler=sampler, seed=args.seed, batch_size=args.batch_size or 250
-        )
+            model, args.n, timesteps=ts, sampler=sampler, seed=args.seed,
+            batch_size=args.batch_size or 250, precision=args.precision,
+        )  # fmt: skip
         seconds = time.perf_counter() - start
         stats = feature_stats(extractor, x)
         fid = frechet_distance(stats.mu, stats.cov, ref.mu, ref.cov)
@@ -196,11 +199,12 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
 
 
 def _resumable_cells(path: Path, report: dict) -> dict[tuple[str, str, int], dict]:
-    """The cells of an earlier run with the same identity (model weights, reference, n, seed)."""
+    """The cells of an earlier run with the same identity (model weights, reference, n, seed,
+    precision; files from before the precision was recorded are fp32)."""
     if not path.is_file():
         return {}
-    saved = json.loads(path.read_text())
-    if any(saved.get(k) != report[k] for k in ("fingerprint", "reference", "n", "seed")):
+    saved = {"precision": "fp32", **json.loads(path.read_text())}
+    if any(saved.get(k) != report[k] for k in ("fingerprint", "reference", "n", "seed", "precision")):
         return {}
     return {(c["sampler"], c["spacing"], c["budget"]): c for c in saved["cells"]}
 
@@ -328,6 +332,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ref-key", default="x_train", help="mnist: reference array (default: x_train)")
     p.add_argument("--cache-dir", type=Path, default=None, help="mnist: reference statistics cache")
     p.add_argument("--batch-size", type=int, default=None, help="(default: toy 4000, mnist 250)")
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default="fp32", help="mnist: how the network runs (default: fp32)"
+    )
     p.add_argument("--out", type=Path, default=Path("docs/results"), help="folder of the JSON and markdown")
     p.add_argument("--plot", type=Path, default=None, help="(default: docs/images/samplers-PART.png)")
     return p.parse_args(argv)

@@ -1,0 +1,46 @@
+"""benchmarks/samplers.py: the toy part on a small grid (its report, and that the discretisation
+error falls with the budget for every sampler and spacing), and which earlier MNIST cells a run
+keeps (only those of the same model, reference, n, seed and precision)."""
+
+import json
+
+import pytest
+from benchmarks.samplers import SAMPLERS, SPACINGS, _resumable_cells, main
+
+
+def test_toy_report_and_convergence(tmp_path, capsys):
+    main(["--problems", "ring", "--n", "400", "--n-ode", "50", "--rk4-steps", "100", "--budgets", "5,50",
+          "--out", str(tmp_path), "--plot", str(tmp_path / "plot.png")])  # fmt: skip
+    (ring,) = json.loads((tmp_path / "samplers-toy.json").read_text())["problems"]
+    assert (tmp_path / "samplers-toy.md").read_text() in capsys.readouterr().out
+    assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
+    assert (ring["problem"], ring["n"], ring["n_ode"]) == ("ring", 400, 50)
+    cells = {(c["sampler"], c["spacing"], c["budget"]): c for c in ring["cells"]}
+    assert set(cells) == {(a, s, b) for a in SAMPLERS for s in SPACINGS for b in (5, 50)}
+    for (sampler, spacing, budget), cell in cells.items():
+        assert 0 < cell["nfe"] == len(cell["timesteps"]) <= budget
+        if budget == 5:  # ten times the steps: a smaller distance from the exact ODE solution
+            assert cells[sampler, spacing, 50]["ode_rms"] < cell["ode_rms"], (sampler, spacing)
+    assert ring["reference_error"] < 1e-3
+
+
+IDENTITY = {"fingerprint": "abc", "reference": "mnist.npz:x_train", "n": 100, "seed": 0}
+CELL = {"sampler": "ddim", "spacing": "uniform", "budget": 10, "nfe": 10, "fid": 20.0}
+
+
+@pytest.mark.parametrize(
+    ("saved", "now", "kept"),
+    [
+        ({**IDENTITY, "precision": "fp32"}, {**IDENTITY, "precision": "fp32"}, True),
+        ({**IDENTITY, "precision": "fp32"}, {**IDENTITY, "precision": "bf16"}, False),
+        (IDENTITY, {**IDENTITY, "precision": "fp32"}, True),  # written before precision was recorded
+        (IDENTITY, {**IDENTITY, "precision": "bf16"}, False),
+        ({**IDENTITY, "precision": "fp32"}, {**IDENTITY, "precision": "fp32", "n": 200}, False),
+        ({**IDENTITY, "precision": "fp32"}, {**IDENTITY, "precision": "fp32", "fingerprint": "x"}, False),
+    ],
+)
+def test_mnist_resume_keeps_only_cells_of_the_same_identity(tmp_path, saved, now, kept):
+    path = tmp_path / "samplers-mnist.json"
+    path.write_text(json.dumps({**saved, "cells": [CELL]}))
+    assert _resumable_cells(path, now) == ({("ddim", "uniform", 10): CELL} if kept else {})
+    assert _resumable_cells(tmp_path / "missing.json", now) == {}
