@@ -23,14 +23,18 @@ def timed_stats(extractor, images):
     return stats, time.perf_counter() - start
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help=".npz with x_train and x_test")
     p.add_argument("--features", default="mnist", help="inception or mnist")
     p.add_argument("--n", default="2000", help="comma-separated test subset sizes")
     p.add_argument("--ref-limit", type=int, default=None, help="a random subset of the training set")
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     gen = torch.Generator().manual_seed(args.seed)
     extractor = load_extractor(args.features)
     train = load_images(args.data, key="x_train")

@@ -120,7 +120,7 @@ def guidance_grid(model: ddim.Model, path: Path, ws: list[float], per_cell: int 
     return save_png(grid, path)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a class-conditional MNIST checkpoint")
     p.add_argument("--data", type=Path, required=True, help="mnist.npz (x_test, y_test) for the edits")
@@ -134,7 +134,11 @@ def main() -> None:
     p.add_argument("--grid-guidance", type=int_list, default=[0, 1, 2, 4])
     p.add_argument("--per-cell", type=int, default=1, help="samples per cell of the grid")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
 
     model = ddim.load(args.model)
     classifier = load_extractor("mnist").net.eval()

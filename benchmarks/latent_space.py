@@ -98,7 +98,7 @@ def describe(model_name: str) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mnist", help="built-in name or checkpoint path (default: mnist)")
     p.add_argument("--data", default="../shared/data/mnist.npz", help="MNIST npz with x_test")
@@ -106,7 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=16, help="latents for the consistency figures (default: 16)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--only", nargs="*", choices=SECTIONS, default=None, help="run only these sections")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     cmds = commands(args.model, args.data, args.limit, args.n, args.batch_size)
     times, fills = {}, {}
     for name, cmd in cmds.items():

@@ -62,7 +62,7 @@ def measure(
     )  # fmt: skip
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mnist", help="built-in name or checkpoint (default: mnist)")
     p.add_argument("--n", type=int, default=1000)
@@ -72,7 +72,11 @@ def main() -> None:
     p.add_argument("--conditional", action="store_true", help="sample i of class i mod 10")
     p.add_argument("--guidance", type=float, default=1.0, help="w with --conditional (default: 1)")
     p.add_argument("--json", type=Path, default=None, help="write the figures here")
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     model = ddim.load(args.model)
     r = measure(model, args.n, args.steps, args.eta, args.seed, conditional=args.conditional,
                 guidance=args.guidance, progress=True)  # fmt: skip

@@ -318,7 +318,7 @@ def _fmt(value: float | None, spec: str) -> str:
     return "" if value is None else spec.format(value)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--models", default=",".join(DEFAULT_MODELS), help="comma-separated (default: mnist, cifar10)"

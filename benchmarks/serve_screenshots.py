@@ -79,7 +79,7 @@ def class_name(model: ddim.Model, k: int) -> str:
     return model.class_names[k] if model.class_names else str(k)
 
 
-def parse(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mnist", help="built-in name or checkpoint path (default: mnist)")
     p.add_argument("--device", type=device_arg, default="auto", help="cpu, cuda, … (default: auto)")
@@ -129,7 +129,7 @@ def use_the_page(url: str, args: argparse.Namespace, classes: dict, upload: byte
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse(argv)
+    args = parse_args(argv)
     model = ddim.load(args.model, device=args.device)
     try:
         labels, w = conditioning(model, args.classes, args.guidance, 1)  # before the browser starts

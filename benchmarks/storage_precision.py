@@ -28,13 +28,17 @@ def rounded(model: ddim.Model, dtype: torch.dtype) -> ddim.Model:
     return ddim.Model(net, model.schedule, model.image_shape, model.prediction, model.info)
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a float32 checkpoint (e.g. a run's model.safetensors)")
     p.add_argument("--n", type=int, default=64)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     model = ddim.load(args.model)
     kwargs = {"steps": args.steps, "eta": 0.0, "seed": args.seed, "batch_size": args.n}
     full = ddim.sample(model, args.n, **kwargs)

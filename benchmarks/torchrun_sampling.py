@@ -31,14 +31,18 @@ def run(cmd: list[str], threads: int) -> tuple[float, float]:
     return float(re.search(r"steps, ([0-9.]+) s", result.stdout)[1]), wall
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mnist")
     p.add_argument("-n", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3)
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     out = tempfile.mkdtemp()
     common = ["-m", "ddim", "sample", "--model", args.model, "-n", str(args.n), "--steps", str(args.steps),
               "--batch-size", str(args.batch_size), "--npz", f"{out}/x.npz", "--quiet"]  # fmt: skip

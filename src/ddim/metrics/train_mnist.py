@@ -63,7 +63,7 @@ def train(data: Path, epochs: int, batch_size: int, lr: float, seed: int) -> tup
     return net.eval(), test_acc
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, required=True, help="MNIST .npz: x_train, y_train, x_test, y_test")
     p.add_argument("--out", type=Path, required=True, help="output .safetensors")
@@ -71,7 +71,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     start = time.perf_counter()
     net, test_acc = train(args.data, args.epochs, args.batch_size, args.lr, args.seed)
     seconds = time.perf_counter() - start
