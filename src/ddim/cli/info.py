@@ -10,12 +10,21 @@ from ddim.checkpoint import builtin_names, load, read_metadata
 from ddim.cli._args import DEFAULT_MODEL
 from ddim.convert import FORMATS, detect
 
+INFO_EXAMPLES = """examples:
+  ddim info                          the shipped default model
+  ddim info mnist-cond --json        a built-in, as JSON
+  ddim info runs/mnist/model.safetensors   a checkpoint of `ddim train`
+  ddim info ddpm-cifar10-32/         a diffusers folder or DDPM checkpoint (what `ddim convert` reads)
+"""
+
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "info",
         help="describe a model: network, parameters, schedule, provenance",
         description="Describe a built-in model or checkpoint.",
+        epilog=INFO_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "model", nargs="?", default=DEFAULT_MODEL, help=f"built-in name or path (default: {DEFAULT_MODEL})"
