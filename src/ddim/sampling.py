@@ -9,8 +9,9 @@ One update rule, eq. 12, from timestep t to the next timestep t' of a sub-sequen
 mean and variance are the posterior q(x_t' | x_t, x̂_0)). "ddpm-large" is the paper's σ̂ (Table 1,
 the official `ddpm_noisy`): the η = 1 mean with noise of variance β̂ = 1 − ᾱ_t/ᾱ_t' instead,
 x̂_0 clipped, and no noise on the last step. The chain ends at t' = −1, clean data (ᾱ = 1).
-The higher-order ODE solvers "dpm-solver++" and "plms" (`ddim.solvers`) take the same η = 0
-step with a prediction extrapolated from the previous steps' network outputs.
+The higher-order ODE solvers "dpm-solver++", "unipc" and "plms" (`ddim.solvers`) take the same
+η = 0 step with a prediction extrapolated from the previous steps' network outputs (UniPC also
+corrects each step's result once the next evaluation is in).
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ from ddim.models import Model, num_classes
 from ddim.models.parameterization import Prediction, eps_from_x0, to_x0_eps
 from ddim.rng import seeded_generator
 from ddim.schedule import NoiseSchedule, Spacing, custom_timesteps, timesteps
-from ddim.solvers import SOLVERS, Evaluation, extrapolate
+from ddim.solvers import SOLVERS, Evaluation, correct, extrapolate
 
-Sampler = Literal["ddim", "ddpm", "ddpm-large", "dpm-solver++", "plms"]
+Sampler = Literal["ddim", "ddpm", "ddpm-large", "dpm-solver++", "unipc", "plms"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
@@ -105,8 +106,9 @@ def denoise(
     `ts` is strictly monotone in [−1, T − 1]; −1 (clean) may only end it. Descending sequences
     sample; ascending ones (η = 0 only) run the deterministic ODE upward, as inversion does.
     `step_noise()` returns fresh N(0, I) noise shaped like x whenever a step needs it. The ODE
-    solvers ("dpm-solver++", "plms": η = 0, descending only) feed eq. 12 the prediction that
-    `solvers.extrapolate` makes from this and the previous steps' network outputs.
+    solvers ("dpm-solver++", "unipc", "plms": η = 0, descending only) feed eq. 12 the prediction
+    that `solvers.extrapolate` makes from this and the previous steps' network outputs; UniPC
+    first corrects x (`solvers.correct`) with this step's evaluation.
     """
     ts = _check_sequence(ts, schedule.num_timesteps)
     if len(ts) > 1 and ts[1] > ts[0] and (sampler != "ddim" or eta != 0):
@@ -115,6 +117,7 @@ def denoise(
         check_eta(sampler, eta)
     autocast = _autocast(x.device, precision)
     history: deque[Evaluation] = deque(maxlen=4)  # the latest network outputs, for the ODE solvers
+    x_prev = x  # where the last step started, for UniPC's corrector
     for i, (t, t_next) in enumerate(pairwise(ts)):
         a_t, a_next = (schedule.alpha_bar_at(s).item() for s in (t, t_next))
         with autocast:
@@ -128,6 +131,7 @@ def denoise(
         if noise_std > 0 and z is None:
             raise ValueError(f"sampler {sampler!r} with eta={eta} needs step noise")
         history.append(Evaluation(t, x0, eps))
+        x = x_prev = correct(sampler, schedule, history, x_prev, x)
         x = ddim_step(*extrapolate(sampler, schedule, history, x, t_next), a_next, sigma, z, noise_std)
         if on_step is not None:
             on_step(StepInfo(i, t, t_next, x, x0))

@@ -1,8 +1,8 @@
-"""Higher-order multistep solvers of the DDIM ODE: DPM-Solver++(2M) and PLMS.
+"""Higher-order multistep solvers of the DDIM ODE: DPM-Solver++(2M), UniPC and PLMS.
 
-Both are DDIM's η = 0 step (Song et al. 2021, eq. 12) fed a prediction extrapolated from the
+All are DDIM's η = 0 step (Song et al. 2021, eq. 12) fed a prediction extrapolated from the
 network outputs of the last few steps instead of the latest one alone. So they run inside the
-same loop as DDIM (`sampling.denoise`, sampler "dpm-solver++" or "plms"), one network
+same loop as DDIM (`sampling.denoise`, sampler "dpm-solver++", "unipc" or "plms"), one network
 evaluation per step (NFE = S), with the same seeds, batching, devices, precision and callbacks.
 
 DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Algorithm 2), in its data-prediction form.
@@ -15,6 +15,23 @@ With D = x̂_0(s) this is exactly the DDIM step (DPM-Solver++1 is DDIM), so the 
 with x̂_0 → D and ε̂ → (x_s − α_s D)/σ_s. The first step has no history and is first order;
 so is the last one to clean data (λ = ∞, so r = 0 and D is undefined: Lu et al.'s "lower order
 final", diffusers' final_sigmas_type="zero"), which therefore returns the network's x̂_0.
+
+UniPC (Zhao et al. 2023, arXiv 2302.04867), order 2 with B(h) = e^h − 1 ("bh2"), in its
+data-prediction form, as its authors and diffusers run it. Its predictor UniP-2 (with their
+ρ = 1/2) is exactly the DPM-Solver++(2M) step above. Its corrector UniC redoes the step s → t
+once the network has been evaluated at the predicted x_t, which the next step needs anyway, so
+it costs no evaluation: x_t is recomputed from x_s by the same transfer with
+
+    D_c = x̂_0(s) + ρ_1 (x̂_0(s') − x̂_0(s))/r_1 + ρ_t (x̂_0(t) − x̂_0(s)),   r_1 = (λ_s' − λ_s)/h,
+
+where (ρ_1, ρ_t) solve [[1, 1], [r_1, 1]] ρ = (g_1, 2 g_2)/B with B = e^{−h} − 1,
+g_1 = B/(−h) − 1 and g_2 = g_1/(−h) − 1/2 (the paper's recursion of the φ functions, at −h in
+the data-prediction form); a step without an earlier evaluation s' (the first) is corrected by
+UniC-1, D_c = (x̂_0(s) + x̂_0(t))/2. For equal steps and h → 0,
+D_c → (5 x̂_0(t) + 8 x̂_0(s) − x̂_0(s'))/12, the Adams–Moulton corrector. The next step goes
+on from the corrected x_t with the x̂_0(t) evaluated at the predicted one. The step to clean
+data is first order (as for DPM-Solver++), so its result is the network's x̂_0 and is not
+corrected.
 
 PLMS, the pseudo linear multistep method of PNDM (Liu et al. 2022, arXiv 2202.09778): the
 4-step Adams–Bashforth combination of the last four ε̂, ε' = (55 ε̂_0 − 59 ε̂_1 + 37 ε̂_2 − 9 ε̂_3)/24
@@ -29,6 +46,7 @@ to clean data uses the same combination.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,7 +55,7 @@ from torch import Tensor
 from ddim.models.parameterization import eps_from_x0, x0_from_eps
 from ddim.schedule import NoiseSchedule
 
-SOLVERS: tuple[str, ...] = ("dpm-solver++", "plms")
+SOLVERS: tuple[str, ...] = ("dpm-solver++", "unipc", "plms")
 
 # Adams–Bashforth coefficients of ε̂_0 (latest), ε̂_1, … for 1, 2, 3 and 4 past evaluations.
 ADAMS_BASHFORTH: tuple[tuple[float, ...], ...] = (
@@ -67,13 +85,45 @@ def extrapolate(
     """
     now = history[-1]
     a_t = schedule.alpha_bar_at(now.t).item()
-    if sampler == "dpm-solver++" and len(history) > 1 and t_next != -1:
+    if sampler in ("dpm-solver++", "unipc") and len(history) > 1 and t_next != -1:
         x0 = dpm_solver_2m_data(schedule, history[-2], now, t_next)
         return x0, eps_from_x0(x, x0, a_t)
     if sampler == "plms":
         eps = plms_eps(history)
         return x0_from_eps(x, eps, a_t), eps
     return now.x0, now.eps
+
+
+def correct(
+    sampler: str, schedule: NoiseSchedule, history: Sequence[Evaluation], x_prev: Tensor, x: Tensor
+) -> Tensor:
+    """UniPC's corrector: x, the state the last step reached at history[-1].t from x_prev at
+    history[-2].t, recomputed by that step's transfer with D_c (module docstring). The other
+    samplers, and the first evaluation, keep x."""
+    if sampler != "unipc" or len(history) < 2:
+        return x
+    prev, now = history[-2], history[-1]
+    d = unic_data(schedule, history[-3] if len(history) > 2 else None, prev, now)
+    a_prev, a_now = (schedule.alpha_bar_at(e.t).item() for e in (prev, now))
+    return math.sqrt(a_now) * d + math.sqrt(1 - a_now) * eps_from_x0(x_prev, d, a_prev)
+
+
+def unic_data(
+    schedule: NoiseSchedule, earlier: Evaluation | None, prev: Evaluation, now: Evaluation
+) -> Tensor:
+    """D_c of UniC-2 over the step prev → now with the evaluation before it, UniC-1 without."""
+    if earlier is None:
+        return (prev.x0 + now.x0) / 2
+    lam_earlier, lam_prev, lam_now = (half_log_snr(schedule, e.t) for e in (earlier, prev, now))
+    h = lam_now - lam_prev
+    r = (lam_earlier - lam_prev) / h  # < 0: the earlier evaluation lies behind
+    big_b = math.expm1(-h)
+    g_1 = big_b / -h - 1
+    g_2 = g_1 / -h - 0.5
+    b_1, b_2 = g_1 / big_b, 2 * g_2 / big_b
+    rho_1 = (b_1 - b_2) / (1 - r)  # [[1, 1], [r, 1]] (ρ_1, ρ_t) = (b_1, b_2)
+    rho_t = b_1 - rho_1
+    return prev.x0 + rho_1 / r * (earlier.x0 - prev.x0) + rho_t * (now.x0 - prev.x0)
 
 
 def half_log_snr(schedule: NoiseSchedule, t: int) -> float:

@@ -87,7 +87,7 @@ def test_the_stream_sends_previews_then_the_same_images(client):
     assert done["image"] == data_url(client.post("/api/sample", json=body).content)
 
 
-@pytest.mark.parametrize("sampler", ["dpm-solver++", "plms"])
+@pytest.mark.parametrize("sampler", ["dpm-solver++", "unipc", "plms"])
 @pytest.mark.parametrize("spacing", ["uniform", "logsnr"])
 def test_the_solvers_and_logsnr_spacing_give_the_librarys_images(client, tiny_checkpoint, sampler, spacing):
     body = {"n": 3, "steps": 7, "sampler": sampler, "spacing": spacing, "seed": 5}
@@ -99,7 +99,7 @@ def test_the_solvers_and_logsnr_spacing_give_the_librarys_images(client, tiny_ch
 
 def test_model_info_lists_the_samplers_spacings_and_classes(client, conditional_client):
     info = client.get("/api/model").json()
-    assert info["samplers"] == ["ddim", "ddpm", "ddpm-large", "dpm-solver++", "plms"]
+    assert info["samplers"] == ["ddim", "ddpm", "ddpm-large", "dpm-solver++", "unipc", "plms"]
     assert info["spacings"] == ["uniform", "quadratic", "trailing", "linspace", "logsnr"]
     assert (info["num_classes"], info["class_names"]) == (None, [])
     info = conditional_client.get("/api/model").json()

@@ -80,8 +80,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--sampler",
         choices=SAMPLERS,
         default="ddim",
-        help="ddim (any η), ddpm (η = 1), ddpm-large (σ̂), or the higher-order ODE solvers dpm-solver++ "
-        "and plms (η = 0; docs/samplers.md) (default: ddim)",
+        help="ddim (any η), ddpm (η = 1), ddpm-large (σ̂), or the higher-order ODE solvers dpm-solver++, "
+        "unipc and plms (η = 0; docs/samplers.md) (default: ddim)",
     )
     p.add_argument(
         "--spacing", choices=SPACINGS, default="uniform", help="timestep sub-sequence (default: uniform)"

@@ -41,7 +41,8 @@ def request_models(model: Model, limits: Limits) -> Requests:
         n: int = Field(4, ge=1, le=limits.max_n, description="number of images")
         steps: int = Field(20, ge=1, le=max_steps, description="sampling steps S")
         sampler: Sampler = Field(
-            "ddim", description="ddim (any η), ddpm (η = 1), ddpm-large (σ̂), dpm-solver++ or plms (η = 0)"
+            "ddim",
+            description="ddim (any η), ddpm (η = 1), ddpm-large (σ̂), dpm-solver++, unipc or plms (η = 0)",
         )
         eta: float | None = Field(None, ge=0, le=1, description="η for sampler ddim (default 0)")
         spacing: Spacing = Field("uniform", description="the timestep sub-sequence")
