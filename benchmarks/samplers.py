@@ -1,4 +1,4 @@
-"""Quality per network evaluation (NFE): DDIM, DPM-Solver++(2M) and PLMS × timestep spacing.
+"""Quality per network evaluation (NFE): DDIM, DPM-Solver++(2M), UniPC and PLMS × timestep spacing.
 
     python -m benchmarks.samplers                                    # toy part: exact, minutes
     python -m benchmarks.samplers --part mnist --n 2000              # FID of the shipped model: hours
@@ -23,8 +23,9 @@ would get):
            same x_T (`toy.probability_flow`): the pure discretization error, no floor.
 
 MNIST part: FID of n samples of the shipped model (`mnist` features, as `ddim evaluate`)
-against the training set, with the floor of n random test images. Resumable: measured cells
-are kept in the JSON, which is rewritten after each cell.
+against the training set, with the floor of n random test images; the JSON is rewritten after
+each cell. Both parts keep the cells of the JSON already in --out that were measured with the
+same settings (and model), so a run adds only what is missing: a new sampler, spacing or budget.
 
 Each part writes OUT/samplers-PART.json and .md (tables) and PLOT (quality vs NFE, one line per
 sampler, one panel per spacing).
@@ -47,13 +48,15 @@ import ddim
 from ddim.io import atomic_write
 from ddim.sampling import PRECISIONS
 from ddim.schedule import NoiseSchedule, timesteps
+from ddim.solvers import SOLVERS
 from ddim.toy import MixtureDenoiser, glyphs, probability_flow
 
-SAMPLERS = ("ddim", "dpm-solver++", "plms")
+SAMPLERS = ("ddim", *SOLVERS)
 SPACINGS = ("uniform", "quadratic", "trailing", "logsnr")
 BUDGETS = (5, 10, 15, 20, 50)
 PROBLEMS = {"ring": 20_000, "glyphs": 5_000}  # toy problems and their default samples per cell
 METRICS = {"toy": ("mode_w2", "sw2", "ode_rms"), "mnist": ("fid",)}  # the first is the headline
+MNIST_IDENTITY = ("fingerprint", "reference", "n", "seed", "precision")  # what a kept cell must share
 
 
 @dataclass(frozen=True)
@@ -111,8 +114,11 @@ def random_directions(dim: int, k: int = 128, seed: int = 0) -> Tensor:
     return d / d.norm(dim=0)  # (D, K) unit columns
 
 
-def run_toy(name: str, grid: Grid, n: int, n_ode: int, seed: int, rk4_steps: int, batch_size: int) -> dict:
-    """Every cell of the grid on one toy problem, with the noise floor and the ODE reference's accuracy."""
+def run_toy(
+    name: str, grid: Grid, n: int, n_ode: int, seed: int, rk4_steps: int, batch_size: int, saved: dict | None
+) -> dict:
+    """Every cell of the grid on one toy problem, with the noise floor and the ODE reference's
+    accuracy; the cells of `saved` (an earlier result of the same problem and settings) are kept."""
     schedule = NoiseSchedule.linear()
     net = toy_problem(name, schedule)
     shape = net.config.shape
@@ -128,8 +134,11 @@ def run_toy(name: str, grid: Grid, n: int, n_ode: int, seed: int, rk4_steps: int
             references[start] = probability_flow(net, x_T[:n_ode], a, 1.0, rk4_steps)
         return references[start]
 
-    cells = []
+    identity = {"problem": name, "n": n, "n_ode": n_ode, "seed": seed, "rk4_steps": rk4_steps}
+    cells = _kept_cells(saved, identity)
     for sampler, spacing, budget in grid.cells():
+        if (sampler, spacing, budget) in cells:
+            continue
         ts = timesteps(schedule.num_timesteps, budget, spacing, schedule)
         start = time.perf_counter()
         x = ddim.sample(
@@ -137,24 +146,23 @@ def run_toy(name: str, grid: Grid, n: int, n_ode: int, seed: int, rk4_steps: int
         )
         seconds = time.perf_counter() - start
         ode = (x[:n_ode].double() - reference(int(ts[0]))).pow(2).mean().sqrt().item()
-        cells.append({
+        cells[sampler, spacing, budget] = cell = {
             "sampler": sampler, "spacing": spacing, "budget": budget, "nfe": len(ts),
             "timesteps": ts.tolist(), **quality(x), "ode_rms": ode, "seconds": round(seconds, 2),
-        })  # fmt: skip
-        scores = ", ".join(f"{k} {cells[-1][k]:.4g}" for k in ("mode_w2", "mode_tv", "sw2", "ode_rms"))
+        }  # fmt: skip
+        scores = ", ".join(f"{k} {cell[k]:.4g}" for k in ("mode_w2", "mode_tv", "sw2", "ode_rms"))
         print(f"{name} {sampler:12s} {spacing:9s} NFE {len(ts):2d}: {scores}", flush=True)
     check = probability_flow(net, x_T[:n_ode], schedule.alpha_bar[-1].item(), 1.0, 2 * rk4_steps)
     return {
-        "problem": name, "shape": list(shape), "n": n, "n_ode": n_ode, "seed": seed,
-        "floor": quality(data[1]), "rk4_steps": rk4_steps,
+        **identity, "shape": list(shape), "floor": quality(data[1]),
         "reference_error": (check - reference(schedule.num_timesteps - 1)).abs().max().item(),
-        "cells": cells,
+        "cells": list(cells.values()),
     }  # fmt: skip
 
 
 def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
-    """FID of every cell not yet in `path` (an earlier run of the same model, reference, n and
-    seed, whose cells are kept), and the floor: n random test images against the reference."""
+    """FID of every cell not yet in `path` (an earlier run of the same model, reference, n, seed
+    and precision, whose cells are kept), and the floor: n random test images against the reference."""
     from ddim.data import load_images
     from ddim.evaluate import model_fingerprint
     from ddim.metrics import cached_feature_stats, feature_stats, frechet_distance, load_extractor
@@ -174,7 +182,7 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
         "precision": args.precision,
         "floor": {"fid": frechet_distance(floor.mu, floor.cov, ref.mu, ref.cov)},
     }  # fmt: skip
-    cells = _resumable_cells(path, report)
+    cells = _kept_cells(_read_json(path), {k: report[k] for k in MNIST_IDENTITY})
     for sampler, spacing, budget in grid.cells():
         if (sampler, spacing, budget) in cells:
             continue
@@ -198,13 +206,14 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
     return {**report, "cells": list(cells.values())}
 
 
-def _resumable_cells(path: Path, report: dict) -> dict[tuple[str, str, int], dict]:
-    """The cells of an earlier run with the same identity (model weights, reference, n, seed,
-    precision; files from before the precision was recorded are fp32)."""
-    if not path.is_file():
-        return {}
-    saved = {"precision": "fp32", **json.loads(path.read_text())}
-    if any(saved.get(k) != report[k] for k in ("fingerprint", "reference", "n", "seed", "precision")):
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _kept_cells(saved: dict | None, identity: dict) -> dict[tuple[str, str, int], dict]:
+    """The cells of an earlier result with the same identity (results from before the precision
+    was recorded are fp32), by (sampler, spacing, budget)."""
+    if saved is None or any({"precision": "fp32", **saved}.get(k) != v for k, v in identity.items()):
         return {}
     return {(c["sampler"], c["spacing"], c["budget"]): c for c in saved["cells"]}
 
@@ -315,7 +324,9 @@ def plot(results: list[dict], metric: str, grid: Grid, path: Path, label: Callab
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--part", choices=("toy", "mnist"), default="toy")
-    p.add_argument("--samplers", default=",".join(SAMPLERS), help="comma-separated (default: all three)")
+    p.add_argument(
+        "--samplers", default=",".join(SAMPLERS), help="comma-separated (default: ddim and every ODE solver)"
+    )
     p.add_argument("--spacings", default=",".join(SPACINGS), help="comma-separated (default: all four)")
     p.add_argument(
         "--budgets", default=",".join(map(str, BUDGETS)), help="steps = NFE (default: 5,10,15,20,50)"
@@ -347,8 +358,18 @@ def main(argv: list[str] | None = None) -> None:
     metrics, json_path = METRICS[args.part], args.out / f"samplers-{args.part}.json"
     start = time.perf_counter()
     if args.part == "toy":
+        saved = {p["problem"]: p for p in (_read_json(json_path) or {}).get("problems", [])}
         results = [
-            run_toy(p, grid, n, min(args.n_ode, n), args.seed, args.rk4_steps, args.batch_size or 4000)
+            run_toy(
+                p,
+                grid,
+                n,
+                min(args.n_ode, n),
+                args.seed,
+                args.rk4_steps,
+                args.batch_size or 4000,
+                saved.get(p),
+            )
             for p in split(args.problems)
             for n in [args.n or PROBLEMS.get(p, 0)]
         ]

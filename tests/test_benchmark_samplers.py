@@ -1,16 +1,19 @@
-"""benchmarks/samplers.py: the toy part on a small grid (its report, and that the discretisation
-error falls with the budget for every sampler and spacing), and which earlier MNIST cells a run
-keeps (only those of the same model, reference, n, seed and precision)."""
+"""benchmarks/samplers.py: the toy part on a small grid (its report, that the discretisation
+error falls with the budget for every sampler and spacing, and that a second run keeps the
+cells it already has), and which earlier MNIST cells a run keeps (only those of the same model,
+reference, n, seed and precision)."""
 
 import json
 
 import pytest
-from benchmarks.samplers import SAMPLERS, SPACINGS, _resumable_cells, main
+from benchmarks.samplers import MNIST_IDENTITY, SAMPLERS, SPACINGS, _kept_cells, main
 
 
-def test_toy_report_and_convergence(tmp_path, capsys):
-    main(["--problems", "ring", "--n", "400", "--n-ode", "50", "--rk4-steps", "100", "--budgets", "5,50",
-          "--out", str(tmp_path), "--plot", str(tmp_path / "plot.png")])  # fmt: skip
+def test_toy_report_convergence_and_kept_cells(tmp_path, capsys):
+    common = ["--problems", "ring", "--n", "400", "--n-ode", "50", "--rk4-steps", "100",
+              "--out", str(tmp_path), "--plot", str(tmp_path / "plot.png")]  # fmt: skip
+    main([*common, "--budgets", "5,50", "--samplers", "ddim,plms"])
+    main([*common, "--budgets", "5,50"])  # adds the other solvers' cells
     (ring,) = json.loads((tmp_path / "samplers-toy.json").read_text())["problems"]
     assert (tmp_path / "samplers-toy.md").read_text() in capsys.readouterr().out
     assert (tmp_path / "plot.png").read_bytes().startswith(b"\x89PNG")
@@ -22,6 +25,11 @@ def test_toy_report_and_convergence(tmp_path, capsys):
         if budget == 5:  # ten times the steps: a smaller distance from the exact ODE solution
             assert cells[sampler, spacing, 50]["ode_rms"] < cell["ode_rms"], (sampler, spacing)
     assert ring["reference_error"] < 1e-3
+    capsys.readouterr()
+    main([*common, "--budgets", "5"])  # everything measured already: nothing is sampled
+    assert "ring ddim" not in capsys.readouterr().out
+    main([*common, "--budgets", "5", "--n", "300", "--samplers", "ddim"])  # another n: measured again
+    assert capsys.readouterr().out.count("ring ddim") == len(SPACINGS)
 
 
 IDENTITY = {"fingerprint": "abc", "reference": "mnist.npz:x_train", "n": 100, "seed": 0}
@@ -39,8 +47,7 @@ CELL = {"sampler": "ddim", "spacing": "uniform", "budget": 10, "nfe": 10, "fid":
         ({**IDENTITY, "precision": "fp32"}, {**IDENTITY, "precision": "fp32", "fingerprint": "x"}, False),
     ],
 )
-def test_mnist_resume_keeps_only_cells_of_the_same_identity(tmp_path, saved, now, kept):
-    path = tmp_path / "samplers-mnist.json"
-    path.write_text(json.dumps({**saved, "cells": [CELL]}))
-    assert _resumable_cells(path, now) == ({("ddim", "uniform", 10): CELL} if kept else {})
-    assert _resumable_cells(tmp_path / "missing.json", now) == {}
+def test_mnist_keeps_only_cells_of_the_same_identity(saved, now, kept):
+    assert set(now) == set(MNIST_IDENTITY)
+    assert _kept_cells({**saved, "cells": [CELL]}, now) == ({("ddim", "uniform", 10): CELL} if kept else {})
+    assert _kept_cells(None, now) == {}
