@@ -72,6 +72,21 @@ class Grid:
                     yield sampler, spacing, budget
 
 
+def covering(results: list[dict]) -> Grid:
+    """The grid of every cell in `results`: samplers and spacings in the usual order, budgets sorted."""
+    cells = [c for r in results for c in r["cells"]]
+
+    def present(key: str, order: tuple[str, ...]) -> tuple[str, ...]:
+        values = {c[key] for c in cells}
+        return tuple(sorted(values, key=lambda v: (order.index(v) if v in order else len(order), v)))
+
+    return Grid(
+        present("sampler", SAMPLERS),
+        present("spacing", SPACINGS),
+        tuple(sorted({c["budget"] for c in cells})),
+    )
+
+
 def toy_problem(name: str, schedule: NoiseSchedule) -> MixtureDenoiser:
     if name == "ring":
         angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
@@ -114,11 +129,11 @@ def random_directions(dim: int, k: int = 128, seed: int = 0) -> Tensor:
     return d / d.norm(dim=0)  # (D, K) unit columns
 
 
-def run_toy(
-    name: str, grid: Grid, n: int, n_ode: int, seed: int, rk4_steps: int, batch_size: int, saved: dict | None
-) -> dict:
+def run_toy(name: str, grid: Grid, args: argparse.Namespace, saved: dict | None) -> dict:
     """Every cell of the grid on one toy problem, with the noise floor and the ODE reference's
     accuracy; the cells of `saved` (an earlier result of the same problem and settings) are kept."""
+    n = args.n or PROBLEMS.get(name, 0)
+    n_ode, seed, rk4_steps = min(args.n_ode, n), args.seed, args.rk4_steps
     schedule = NoiseSchedule.linear()
     net = toy_problem(name, schedule)
     shape = net.config.shape
@@ -142,13 +157,15 @@ def run_toy(
         ts = timesteps(schedule.num_timesteps, budget, spacing, schedule)
         start = time.perf_counter()
         x = ddim.sample(
-            net, noise=x_T, schedule=schedule, timesteps=ts, sampler=sampler, seed=seed, batch_size=batch_size
-        )
+            net, noise=x_T, schedule=schedule, timesteps=ts, sampler=sampler, seed=seed,
+            batch_size=args.batch_size or 4000,
+        )  # fmt: skip
         seconds = time.perf_counter() - start
         ode = (x[:n_ode].double() - reference(int(ts[0]))).pow(2).mean().sqrt().item()
         cells[sampler, spacing, budget] = cell = {
             "sampler": sampler, "spacing": spacing, "budget": budget, "nfe": len(ts),
             "timesteps": ts.tolist(), **quality(x), "ode_rms": ode, "seconds": round(seconds, 2),
+            "threads": torch.get_num_threads(),
         }  # fmt: skip
         scores = ", ".join(f"{k} {cell[k]:.4g}" for k in ("mode_w2", "mode_tv", "sw2", "ode_rms"))
         print(f"{name} {sampler:12s} {spacing:9s} NFE {len(ts):2d}: {scores}", flush=True)
@@ -198,6 +215,7 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
         cells[sampler, spacing, budget] = {
             "sampler": sampler, "spacing": spacing, "budget": budget, "nfe": len(ts),
             "timesteps": ts.tolist(), "fid": fid, "seconds": round(seconds, 1),
+            "threads": torch.get_num_threads(),
         }  # fmt: skip
         _write_json(path, {**report, "cells": list(cells.values())})
         print(
@@ -286,7 +304,7 @@ def plot(results: list[dict], metric: str, grid: Grid, path: Path, label: Callab
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FormatStrFormatter, NullLocator
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter, NullFormatter, NullLocator
 
     rows, cols = len(results), len(grid.spacings)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False, sharey="row")
@@ -313,6 +331,10 @@ def plot(results: list[dict], metric: str, grid: Grid, path: Path, label: Callab
                 ax.set_xlabel("network evaluations (NFE)")
             if s == 0:
                 ax.set_ylabel(LABELS[metric])
+    some_minor = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "235" else "")
+    for ax in axes.flat:  # little more than a decade shown: label the minor ticks 2, 3, 5 too
+        low, high = ax.get_ylim()
+        ax.yaxis.set_minor_formatter(some_minor if high / low < 30 else NullFormatter())
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -359,33 +381,21 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     if args.part == "toy":
         saved = {p["problem"]: p for p in (_read_json(json_path) or {}).get("problems", [])}
-        results = [
-            run_toy(
-                p,
-                grid,
-                n,
-                min(args.n_ode, n),
-                args.seed,
-                args.rk4_steps,
-                args.batch_size or 4000,
-                saved.get(p),
-            )
-            for p in split(args.problems)
-            for n in [args.n or PROBLEMS.get(p, 0)]
-        ]
+        results = [run_toy(p, grid, args, saved.get(p)) for p in split(args.problems)]
         payload = {"problems": results}
     else:
         args.n = args.n or 2000
         results = [run_mnist(args, grid, json_path)]
         payload = results[0]
-    payload["threads"], payload["seconds"] = torch.get_num_threads(), round(time.perf_counter() - start)
+    payload["sampling_seconds"] = round(sum(c["seconds"] for r in results for c in r["cells"]))
     _write_json(json_path, payload)
-    text = "\n\n".join(report(r, metrics, grid) for r in results)
+    shown = covering(results)  # this run's cells and the ones it kept
+    text = "\n\n".join(report(r, metrics, shown) for r in results)
     atomic_write(json_path.with_suffix(".md"), lambda f: f.write((text + "\n").encode()))
-    image = plot(results, metrics[0], grid, args.plot or Path(f"docs/images/samplers-{args.part}.png"),
+    image = plot(results, metrics[0], shown, args.plot or Path(f"docs/images/samplers-{args.part}.png"),
                  lambda r: r.get("problem", "MNIST"))  # fmt: skip
     print(text)
-    print(f"wrote {json_path}, {json_path.with_suffix('.md')}, {image} ({payload['seconds']} s)")
+    print(f"wrote {json_path}, {json_path.with_suffix('.md')}, {image} ({time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -26,8 +26,11 @@ def test_toy_report_convergence_and_kept_cells(tmp_path, capsys):
             assert cells[sampler, spacing, 50]["ode_rms"] < cell["ode_rms"], (sampler, spacing)
     assert ring["reference_error"] < 1e-3
     capsys.readouterr()
-    main([*common, "--budgets", "5"])  # everything measured already: nothing is sampled
-    assert "ring ddim" not in capsys.readouterr().out
+    main([*common, "--budgets", "5", "--samplers", "unipc"])  # measured already: nothing is sampled
+    out = capsys.readouterr().out
+    assert "ring unipc" not in out
+    assert "| plms | logsnr |" in out  # the report and plot still show every cell kept
+    assert "NFE 50" in out
     main([*common, "--budgets", "5", "--n", "300", "--samplers", "ddim"])  # another n: measured again
     assert capsys.readouterr().out.count("ring ddim") == len(SPACINGS)
 
