@@ -37,7 +37,7 @@ SAMPLE_EXAMPLES = """examples:
   ddim sample                                   16 images of the default model -> samples.png
   ddim sample --steps 10 --eta 0 --seed 3       deterministic DDIM, 10 network evaluations
   ddim sample --sampler ddpm --steps 1000       the DDPM ancestral sampler
-  ddim sample --sampler plms --spacing logsnr --steps 10   a higher-order ODE solver, 10 evaluations
+  ddim sample --sampler unipc --spacing logsnr --steps 10  a higher-order ODE solver, 10 evaluations
   ddim sample --n 1000 --out-dir samples/ --npz samples.npz --quiet
   ddim sample -n 50000 --out-dir fid/ --quiet   streams; run it again to resume
   ddim sample --precision bf16 --channels-last --compile     faster network evaluations
