@@ -134,6 +134,11 @@ def test_results_of_another_model_are_not_mixed(capsys, setup, make_tiny_model):
         (["--eta", "tilde"], "'tilde'"),
         (["--steps", "0"], "steps must be positive"),
         (["--features", "vgg"], "unknown feature extractor 'vgg'"),
+        (
+            ["--sampler", "plms", "--eta", "0,0.5"],
+            "sampler 'plms' is a deterministic ODE solver: eta must be 0",
+        ),
+        (["--sampler", "ddpm"], "invalid choice: 'ddpm'"),
     ],
 )
 def test_bad_options_get_one_line_errors(capsys, setup, argv, message):
@@ -198,3 +203,30 @@ def test_precision_is_part_of_the_results_identity(capsys, setup):
     assert "another precision ('fp32', now 'bf16')" in err
     assert run_cli(capsys, "evaluate", *args, "--precision", "bf16", "--overwrite")[0] == 0
     assert json.loads((out / "results.json").read_text())["identity"]["precision"] == "bf16"
+
+
+def test_an_ode_solver_sweeps_steps_alone(capsys, setup, tiny_checkpoint, make_extractor):
+    """--sampler unipc: one column, η = 0, each cell the FID of `ddim.sample(sampler="unipc")`;
+    the sampler is part of the results' identity (files from before it existed were ddim)."""
+    tmp_path, common = setup
+    out = tmp_path / "ev"
+    args = [*common, "--sampler", "unipc", "--spacing", "logsnr", "--steps", "3,5", "--out", out]
+    code, stdout, err = run_cli(capsys, "evaluate", *args)
+    assert code == 0, err
+    assert stdout.split("FID  S \\ η")[1].splitlines()[0].split() == ["0"]
+    cells = read_cells(out)
+    assert [(c["steps"], c["eta"]) for c in cells] == [(3, 0.0), (5, 0.0)]
+    extractor = make_extractor("tiny")
+    x = ddim.sample(ddim.load(tiny_checkpoint), 24, steps=5, sampler="unipc", spacing="logsnr", seed=5)
+    ref, fake = feature_stats(extractor, load_images(tmp_path / "ref.npz")), feature_stats(extractor, x)
+    assert cells[1]["fid"] == pytest.approx(frechet_distance(fake.mu, fake.cov, ref.mu, ref.cov), rel=1e-6)
+    results = json.loads((out / "results.json").read_text())
+    assert results["identity"]["sampler"] == "unipc"
+    code, _, err = run_cli(capsys, "evaluate", *[a for a in args if a not in ("--sampler", "unipc")])
+    assert code == 2
+    assert "another sampler ('unipc', now 'ddim')" in err
+    del results["identity"]["sampler"]  # a file from before --sampler: ddim's
+    (out / "results.json").write_text(json.dumps(results))
+    code, _, err = run_cli(capsys, "evaluate", *args)
+    assert code == 2
+    assert "another sampler ('ddim', now 'unipc')" in err

@@ -3,8 +3,10 @@
 Every cell (S, η) samples `n` images with one seed s — sample i is drawn from the generator
 (s, i), so all cells share their x_T (common random numbers) and any cell can be re-run
 alone — and compares their features with the reference statistics. η = "hat" is the paper's
-σ̂ (sampler "ddpm-large"). Results go to `results.json` after every cell, so an interrupted
-sweep resumes where it stopped; `results.csv` and `fid.png` summarise the requested cells.
+σ̂ (sampler "ddpm-large"). With an ODE solver (`sampler="unipc"`, …) instead of DDIM the only
+column is η = 0: FID against S for that solver. Results go to `results.json` after every
+cell, so an interrupted sweep resumes where it stopped; `results.csv` and `fid.png` summarise
+the requested cells.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from ddim.metrics import Extractor, FeatureStats, feature_stats, frechet_distanc
 from ddim.models import Model
 from ddim.sampling import PRECISIONS, Precision, sample
 from ddim.schedule import SPACINGS, Spacing
+from ddim.solvers import SOLVERS
 
 Eta = float | Literal["hat"]
 RESULTS_VERSION = 1
-_IDENTITY_DEFAULTS = {"precision": "fp32"}  # what results files from before a field existed used
+_IDENTITY_DEFAULTS = {"precision": "fp32", "sampler": "ddim"}  # what files from before a field existed used
+SWEEP_SAMPLERS: tuple[str, ...] = ("ddim", *SOLVERS)  # "ddpm" and σ̂ are columns of the ddim sweep
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,7 @@ class SweepConfig:
     n: int = 10_000
     seed: int = 0
     spacing: Spacing = "uniform"
+    sampler: str = "ddim"  # or an ODE solver, with etas (0,)
     batch_size: int = 250
     kid_subset_size: int = 1000
     precision: Precision = "fp32"  # how the network runs (`sample`): precision changes the samples,
@@ -64,6 +69,13 @@ class SweepConfig:
             raise ValueError(
                 f"need seed >= 0, batch_size >= 1, kid_subset_size >= 2; got {self.seed}, "
                 f"{self.batch_size}, {self.kid_subset_size}"
+            )
+        if self.sampler not in SWEEP_SAMPLERS:
+            raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SWEEP_SAMPLERS)}")
+        if self.sampler != "ddim" and self.etas != (0.0,):
+            etas = ", ".join(eta_label(e) for e in self.etas)
+            raise ValueError(
+                f"sampler {self.sampler!r} is a deterministic ODE solver: eta must be 0, got {etas}"
             )
         if self.spacing not in SPACINGS:
             raise ValueError(f"unknown spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}")
@@ -114,9 +126,9 @@ def parse_eta(text: str) -> Eta:
     return value
 
 
-def sampler_options(eta: Eta) -> dict:
+def sampler_options(eta: Eta, sampler: str = "ddim") -> dict:
     """`ddim.sample` keywords for a column of Table 1: σ̂ is the "ddpm-large" sampler."""
-    return {"sampler": "ddpm-large"} if eta == "hat" else {"sampler": "ddim", "eta": float(eta)}
+    return {"sampler": "ddpm-large"} if eta == "hat" else {"sampler": sampler, "eta": float(eta)}
 
 
 def model_fingerprint(model: Model) -> str:
@@ -146,8 +158,8 @@ def evaluate_cell(
     shard = distributed.shard(config.n)  # under torchrun, this rank's samples; else all of them
     x = sample(
         model, len(shard), steps=steps, spacing=config.spacing, seed=config.seed, start_index=shard.start,
-        batch_size=config.batch_size, device=device, progress=progress, **sampler_options(eta),
-        precision=config.precision, channels_last=config.channels_last, compile=config.compile,
+        batch_size=config.batch_size, device=device, progress=progress, precision=config.precision,
+        channels_last=config.channels_last, compile=config.compile, **sampler_options(eta, config.sampler),
     )  # fmt: skip  # (n / ranks, C, H, W) in [-1, 1]
     sampled = time.perf_counter()
     stats = feature_stats(extractor, x, batch_size=config.batch_size, sharded=True)

@@ -30,6 +30,8 @@ EXAMPLES = """examples:
   ddim evaluate --model mnist --ref mnist.npz --features mnist --n 2000 --out eval/mnist
   ddim evaluate --model ckpt.safetensors --ref cifar10/train/ --steps 10,100 --eta 0,1
   ddim evaluate ... --steps 10 --eta hat --seed 0 --out eval/one-cell    re-run one cell alone
+  ddim evaluate --ref mnist.npz --features mnist --sampler unipc --spacing logsnr --steps 5,10,20
+                                                              FID against S for an ODE solver (η = 0)
 
 An interrupted sweep resumes: run the same command again and the measured cells are kept.
 """
@@ -88,8 +90,14 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--eta",
         type=eta_list,
-        default=[0.0, 0.2, 0.5, 1.0, "hat"],
-        help="η values or hat (default: 0,0.2,0.5,1,hat)",
+        default=None,
+        help="η values or hat (default: 0,0.2,0.5,1,hat; 0 for an ODE solver)",
+    )
+    p.add_argument(
+        "--sampler",
+        choices=sweep.SWEEP_SAMPLERS,
+        default="ddim",
+        help="ddim (the η columns), or an ODE solver: FID against S alone (default: ddim)",
     )
     p.add_argument(
         "-n", "--n", type=int_at_least(2), default=10_000, help="samples per cell (default: 10000)"
@@ -127,9 +135,11 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    etas = args.eta if args.eta is not None else sweep.SweepConfig.etas if args.sampler == "ddim" else [0.0]
     config = sweep.SweepConfig(
-        steps=tuple(args.steps), etas=tuple(args.eta), n=args.n, seed=args.seed, spacing=args.spacing,
-        batch_size=args.batch_size, kid_subset_size=args.kid_subset, **execution_options(args),
+        steps=tuple(args.steps), etas=tuple(etas), n=args.n, seed=args.seed, spacing=args.spacing,
+        sampler=args.sampler, batch_size=args.batch_size, kid_subset_size=args.kid_subset,
+        **execution_options(args),
     )  # fmt: skip
     if args.dry_run:
         nfe = sum(config.n * s for s, _ in config.cells())
@@ -143,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
     identity = {
         "model": sweep.model_fingerprint(model), "reference": ref_key, "extractor": extractor.fingerprint,
         "spacing": config.spacing, "kid_subset_size": config.kid_subset_size, "precision": config.precision,
+        "sampler": config.sampler,
     }  # fmt: skip
     if args.overwrite and main:
         (args.out / "results.json").unlink(missing_ok=True)
@@ -158,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
     print(sweep.format_table(cells, "fid"))
     print(sweep.format_table(cells, "kid"))
     sweep.write_csv(cells, args.out / "results.csv")
-    title = f"{Path(str(args.model)).name}: FID vs steps ({extractor.name} features, n = {config.n})"
+    title = (f"{Path(str(args.model)).name}: FID vs steps ({config.sampler}, {config.spacing}, "
+             f"{extractor.name} features, n = {config.n})")  # fmt: skip
     sweep.plot_fid(cells, args.out / "fid.png", title=title)
     print(f"wrote {args.out / 'results.json'}, {args.out / 'results.csv'}, {args.out / 'fid.png'}")
     return 0
