@@ -22,8 +22,9 @@ would get):
   ode_rms  the RMS distance of the first --n-ode samples from the exact ODE solution from the
            same x_T (`toy.probability_flow`): the pure discretization error, no floor.
 
-MNIST part: FID of n samples of the shipped model (`mnist` features, as `ddim evaluate`)
-against the training set, with the floor of n random test images; the JSON is rewritten after
+MNIST part: FID (and KID) of n samples of the shipped model against the training set, each
+cell measured by `ddim.evaluate.evaluate_cell` (`mnist` features, what `ddim evaluate --sampler`
+measures), with the floor of n random test images; the JSON is rewritten after
 each cell. Both parts keep the cells of the JSON already in --out that were measured with the
 same settings (and model), so a run adds only what is missing: a new sampler, spacing or budget.
 
@@ -181,7 +182,7 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
     """FID of every cell not yet in `path` (an earlier run of the same model, reference, n, seed
     and precision, whose cells are kept), and the floor: n random test images against the reference."""
     from ddim.data import load_images
-    from ddim.evaluate import model_fingerprint
+    from ddim.evaluate import SweepConfig, evaluate_cell, model_fingerprint
     from ddim.metrics import cached_feature_stats, feature_stats, frechet_distance, load_extractor
 
     model = ddim.load(args.model)
@@ -204,23 +205,19 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
         if (sampler, spacing, budget) in cells:
             continue
         ts = timesteps(model.schedule.num_timesteps, budget, spacing, model.schedule)
-        start = time.perf_counter()
-        x = ddim.sample(
-            model, args.n, timesteps=ts, sampler=sampler, seed=args.seed,
+        config = SweepConfig(
+            steps=(budget,), etas=(0.0,), n=args.n, seed=args.seed, spacing=spacing, sampler=sampler,
             batch_size=args.batch_size or 250, precision=args.precision,
         )  # fmt: skip
-        seconds = time.perf_counter() - start
-        stats = feature_stats(extractor, x)
-        fid = frechet_distance(stats.mu, stats.cov, ref.mu, ref.cov)
+        cell = evaluate_cell(model, extractor, ref, budget, 0.0, config)  # what `ddim evaluate` measures
         cells[sampler, spacing, budget] = {
             "sampler": sampler, "spacing": spacing, "budget": budget, "nfe": len(ts),
-            "timesteps": ts.tolist(), "fid": fid, "seconds": round(seconds, 1),
-            "threads": torch.get_num_threads(),
+            "timesteps": ts.tolist(), "fid": cell.fid, "kid": cell.kid, "kid_std": cell.kid_std,
+            "seconds": round(cell.sample_seconds, 1), "threads": torch.get_num_threads(),
         }  # fmt: skip
         _write_json(path, {**report, "cells": list(cells.values())})
-        print(
-            f"mnist {sampler:12s} {spacing:9s} NFE {len(ts):2d}: FID {fid:.2f} ({seconds:.0f} s)", flush=True
-        )
+        label = f"mnist {sampler:12s} {spacing:9s} NFE {len(ts):2d}"
+        print(f"{label}: FID {cell.fid:.2f} ({cell.sample_seconds:.0f} s)", flush=True)
     return {**report, "cells": list(cells.values())}
 
 
