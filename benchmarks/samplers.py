@@ -25,8 +25,9 @@ would get):
 MNIST part: FID (and KID) of n samples of the shipped model against the training set, each
 cell measured by `ddim.evaluate.evaluate_cell` (`mnist` features, what `ddim evaluate --sampler`
 measures), with the floor of n random test images; the JSON is rewritten after
-each cell. Both parts keep the cells of the JSON already in --out that were measured with the
-same settings (and model), so a run adds only what is missing: a new sampler, spacing or budget.
+each cell. Both parts keep the cells of the JSON already in --out (measured with the same settings and
+model, or else refused without --overwrite), so a run adds only what is missing: a new sampler,
+spacing, budget or toy problem; a cell whose timesteps have changed is measured again.
 
 Each part writes OUT/samplers-PART.json and .md (tables) and PLOT (quality vs NFE, one line per
 sampler, one panel per spacing).
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -151,11 +153,11 @@ def run_toy(name: str, grid: Grid, args: argparse.Namespace, saved: dict | None)
         return references[start]
 
     identity = {"problem": name, "n": n, "n_ode": n_ode, "seed": seed, "rk4_steps": rk4_steps}
-    cells = _kept_cells(saved, identity)
+    cells = _kept_cells(saved, identity, args.overwrite)
     for sampler, spacing, budget in grid.cells():
-        if (sampler, spacing, budget) in cells:
-            continue
         ts = timesteps(schedule.num_timesteps, budget, spacing, schedule)
+        if cells.get((sampler, spacing, budget), {}).get("timesteps") == ts.tolist():
+            continue
         start = time.perf_counter()
         x = ddim.sample(
             net, noise=x_T, schedule=schedule, timesteps=ts, sampler=sampler, seed=seed,
@@ -200,11 +202,11 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
         "precision": args.precision,
         "floor": {"fid": frechet_distance(floor.mu, floor.cov, ref.mu, ref.cov)},
     }  # fmt: skip
-    cells = _kept_cells(_read_json(path), {k: report[k] for k in MNIST_IDENTITY})
+    cells = _kept_cells(_read_json(path), {k: report[k] for k in MNIST_IDENTITY}, args.overwrite)
     for sampler, spacing, budget in grid.cells():
-        if (sampler, spacing, budget) in cells:
-            continue
         ts = timesteps(model.schedule.num_timesteps, budget, spacing, model.schedule)
+        if cells.get((sampler, spacing, budget), {}).get("timesteps") == ts.tolist():
+            continue
         config = SweepConfig(
             steps=(budget,), etas=(0.0,), n=args.n, seed=args.seed, spacing=spacing, sampler=sampler,
             batch_size=args.batch_size or 250, precision=args.precision,
@@ -225,11 +227,21 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _kept_cells(saved: dict | None, identity: dict) -> dict[tuple[str, str, int], dict]:
-    """The cells of an earlier result with the same identity (results from before the precision
-    was recorded are fp32), by (sampler, spacing, budget)."""
-    if saved is None or any({"precision": "fp32", **saved}.get(k) != v for k, v in identity.items()):
+def _kept_cells(saved: dict | None, identity: dict, overwrite: bool) -> dict[tuple[str, str, int], dict]:
+    """The cells of an earlier result, by (sampler, spacing, budget); the caller measures a kept
+    cell again only if its timesteps changed. An earlier result of another identity (results
+    from before the precision was recorded are fp32) is an error, unless `overwrite`."""
+    if saved is None:
         return {}
+    for key, value in identity.items():
+        theirs = {"precision": "fp32", **saved}.get(key)
+        if theirs != value and not overwrite:
+            raise ValueError(
+                f"--out holds results for another {key} ({theirs!r}, now {value!r}); "
+                "pass --overwrite to replace them, or choose another --out"
+            )
+        if theirs != value:
+            return {}
     return {(c["sampler"], c["spacing"], c["budget"]): c for c in saved["cells"]}
 
 
@@ -366,6 +378,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--precision", choices=PRECISIONS, default="fp32", help="mnist: how the network runs (default: fp32)"
     )
     p.add_argument("--out", type=Path, default=Path("docs/results"), help="folder of the JSON and markdown")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace results in --out measured with other settings"
+    )
     p.add_argument("--plot", type=Path, default=None, help="(default: docs/images/samplers-PART.png)")
     return p.parse_args(argv)
 
@@ -376,14 +391,19 @@ def main(argv: list[str] | None = None) -> None:
     grid = Grid(split(args.samplers), split(args.spacings), tuple(int(b) for b in split(args.budgets)))
     metrics, json_path = METRICS[args.part], args.out / f"samplers-{args.part}.json"
     start = time.perf_counter()
-    if args.part == "toy":
-        saved = {p["problem"]: p for p in (_read_json(json_path) or {}).get("problems", [])}
-        results = [run_toy(p, grid, args, saved.get(p)) for p in split(args.problems)]
-        payload = {"problems": results}
-    else:
-        args.n = args.n or 2000
-        results = [run_mnist(args, grid, json_path)]
-        payload = results[0]
+    try:
+        if args.part == "toy":  # the problems not run this time stay as they were
+            problems = {p["problem"]: p for p in (_read_json(json_path) or {}).get("problems", [])}
+            for name in split(args.problems):
+                problems[name] = run_toy(name, grid, args, problems.get(name))
+            results = list(problems.values())
+            payload = {"problems": results}
+        else:
+            args.n = args.n or 2000
+            results = [run_mnist(args, grid, json_path)]
+            payload = results[0]
+    except ValueError as e:
+        sys.exit(f"benchmarks.samplers: error: {e}")
     payload["sampling_seconds"] = round(sum(c["seconds"] for r in results for c in r["cells"]))
     _write_json(json_path, payload)
     shown = covering(results)  # this run's cells and the ones it kept

@@ -1,7 +1,8 @@
 """benchmarks/samplers.py: the toy part on a small grid (its report, that the discretisation
-error falls with the budget for every sampler and spacing, and that a second run keeps the
-cells it already has), and which earlier MNIST cells a run keeps (only those of the same model,
-reference, n, seed and precision)."""
+error falls with the budget for every sampler and spacing, and that later runs keep the cells
+and problems already measured, measure a cell again whose timesteps changed, and refuse to
+replace results of other settings without --overwrite), and which earlier MNIST cells a run
+keeps (only those of the same model, reference, n, seed and precision)."""
 
 import json
 
@@ -31,8 +32,25 @@ def test_toy_report_convergence_and_kept_cells(tmp_path, capsys):
     assert "ring unipc" not in out
     assert "| plms | logsnr |" in out  # the report and plot still show every cell kept
     assert "NFE 50" in out
-    main([*common, "--budgets", "5", "--n", "300", "--samplers", "ddim"])  # another n: measured again
+    saved = json.loads((tmp_path / "samplers-toy.json").read_text())
+    stale = next(c for c in saved["problems"][0]["cells"] if (c["sampler"], c["budget"]) == ("plms", 5))
+    stale["timesteps"] = [999, 0]  # as if the spacing's code had changed since
+    (tmp_path / "samplers-toy.json").write_text(json.dumps(saved))
+    main([*common, "--budgets", "5", "--samplers", "plms"])
+    assert capsys.readouterr().out.count("ring plms") == 1  # only the stale cell
+    other_n = [*common, "--budgets", "5", "--n", "300", "--samplers", "ddim"]
+    with pytest.raises(SystemExit, match=r"another n \(400, now 300\); pass --overwrite"):
+        main(other_n)
+    main([*other_n, "--overwrite"])
     assert capsys.readouterr().out.count("ring ddim") == len(SPACINGS)
+    glyphs = ["--problems", "glyphs", "--n", "100", "--n-ode", "10", "--rk4-steps", "50", "--budgets", "5",
+              "--samplers", "ddim", "--out", str(tmp_path), "--plot", str(tmp_path / "plot.png")]  # fmt: skip
+    main(glyphs)
+    problems = json.loads((tmp_path / "samplers-toy.json").read_text())["problems"]
+    assert [(p["problem"], p["n"], len(p["cells"])) for p in problems] == [
+        ("ring", 300, 4),
+        ("glyphs", 100, 4),
+    ]
 
 
 IDENTITY = {"fingerprint": "abc", "reference": "mnist.npz:x_train", "n": 100, "seed": 0}
@@ -52,5 +70,11 @@ CELL = {"sampler": "ddim", "spacing": "uniform", "budget": 10, "nfe": 10, "fid":
 )
 def test_mnist_keeps_only_cells_of_the_same_identity(saved, now, kept):
     assert set(now) == set(MNIST_IDENTITY)
-    assert _kept_cells({**saved, "cells": [CELL]}, now) == ({("ddim", "uniform", 10): CELL} if kept else {})
-    assert _kept_cells(None, now) == {}
+    saved = {**saved, "cells": [CELL]}
+    if kept:
+        assert _kept_cells(saved, now, overwrite=False) == {("ddim", "uniform", 10): CELL}
+    else:
+        with pytest.raises(ValueError, match="holds results for another"):
+            _kept_cells(saved, now, overwrite=False)
+        assert _kept_cells(saved, now, overwrite=True) == {}
+    assert _kept_cells(None, now, overwrite=False) == {}
