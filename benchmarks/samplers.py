@@ -22,12 +22,13 @@ would get):
   ode_rms  the RMS distance of the first --n-ode samples from the exact ODE solution from the
            same x_T (`toy.probability_flow`): the pure discretization error, no floor.
 
-MNIST part: FID (and KID) of n samples of the shipped model against the training set, each
-cell measured by `ddim.evaluate.evaluate_cell` (`mnist` features, what `ddim evaluate --sampler`
-measures), with the floor of n random test images; the JSON is rewritten after
-each cell. Both parts keep the cells of the JSON already in --out (measured with the same settings and
-model, or else refused without --overwrite), so a run adds only what is missing: a new sampler,
-spacing, budget or toy problem; a cell whose timesteps have changed is measured again.
+MNIST part: FID (and KID, for cells measured since it is recorded) of n samples of the shipped
+model against the training set, each cell measured by `ddim.evaluate.evaluate_cell` (`mnist`
+features: what `ddim evaluate --sampler` measures), with the floor of n random test images;
+the JSON is rewritten after each cell. Both parts keep the cells of the JSON already in --out
+(measured with the same settings and model, or else refused without --overwrite), so a run
+adds only what is missing: a new sampler, spacing, budget or toy problem; a cell whose
+timesteps have changed is measured again.
 
 Each part writes OUT/samplers-PART.json and .md (tables) and PLOT (quality vs NFE, one line per
 sampler, one panel per spacing).

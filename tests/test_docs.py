@@ -17,21 +17,20 @@ from ddim.cli import SUBCOMMANDS, _args, build_parser
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
-ENV = re.compile(r"^[A-Z_][A-Z0-9_]*=")
-PROGRAM = re.compile(r"^\s*([A-Z_][A-Z0-9_]*=\S*\s+)*(\.venv/bin/)?(ddim|torchrun|python3?)\s")
+PREFIX = r"(nice -n -?\d+\s+|env\s+|[A-Z_][A-Z0-9_]*=\S*\s+)"  # what may run a command: nice, env, VAR=…
+PROGRAM = re.compile(rf"^\s*{PREFIX}*(\.venv/bin/)?(ddim|torchrun|python3?)\s")
 
 
 def command(line: str) -> tuple[str, list[str]] | None:
     """(program, arguments) of a command line: 'ddim' or the module `python -m` runs, after any
-    VAR=value prefixes; torchrun's own options dropped. None for other lines and for synopses."""
+    nice, env and VAR=value prefixes; torchrun's own options dropped. None for other lines and
+    for synopses."""
     if not PROGRAM.match(line) or "[" in line.split("#")[0] or "…" in line or "..." in line:
         return None
     try:
-        words = shlex.split(line, comments=True)
+        words = shlex.split(re.sub(rf"^\s*{PREFIX}*", "", line), comments=True)
     except ValueError:  # an open quote: the first line of a multi-line `python -c "…"`
         return None
-    while ENV.match(words[0]):
-        words.pop(0)
     if words[0].endswith("ddim"):
         return "ddim", words[1:]
     if "-m" in words:
@@ -67,6 +66,7 @@ COMMANDS = documented_commands()
 def test_the_docs_show_commands_of_every_kind():
     programs = {p.values[0] for p in COMMANDS}
     assert {"ddim", "benchmarks.samplers", "benchmarks.recognisable", "ddim.metrics.train_mnist"} <= programs
+    assert any(p.id.startswith("docs/samplers.md: nice -n 19 env") for p in COMMANDS)
     assert sum(p.values[0] == "ddim" for p in COMMANDS) > 40
     assert len(help_examples()) == len(SUBCOMMANDS)  # every subcommand's --help has examples
 

@@ -103,21 +103,32 @@ def test_plms_steps_are_adams_bashforth_with_the_pndm_transfer():
 
 
 def test_unipc_corrector_weights():
-    """UniC's D_c is a weighted mean of the three x̂_0 (weights summing to 1, so a constant x̂_0
-    is kept exactly); for nearly equal small steps in λ the weights tend to Adams–Moulton's
-    (5, 8, −1)/12 of (x̂_0(t), x̂_0(s), x̂_0(s')); without an earlier evaluation, the trapezoid."""
+    """UniC-2 makes the step s → t exact for an x̂_0 that is a quadratic in λ: D_c weighs
+    (x̂_0(t), x̂_0(s), x̂_0(s')) by ∫ e^λ ℓ_j(λ) dλ / ∫ e^λ dλ over [λ_s, λ_t], ℓ_j the Lagrange
+    basis through the three λ — computed here by quadrature, not by the φ-function recursion
+    of the code. For nearly equal small steps these tend to Adams–Moulton's (5, 8, −1)/12;
+    without an earlier evaluation, the trapezoid (UniC-1 with the authors' ρ = 1/2)."""
     basis = torch.eye(3, dtype=torch.float64)
 
     def weights(*ts: int) -> torch.Tensor:  # of (now, prev, earlier)
         earlier, prev, now = (Evaluation(t, basis[2 - k], basis[2 - k]) for k, t in enumerate(ts))
         return unic_data(SCHEDULE, earlier, prev, now)
 
+    def quadrature(*ts: int) -> torch.Tensor:
+        lam = [_alpha_sigma_lambda(t)[2] for t in reversed(ts)]  # λ of (now, prev, earlier)
+        grid = torch.linspace(lam[1], lam[0], 200_001, dtype=torch.float64)
+        density = grid.exp()
+        lagrange = [
+            math.prod((grid - lam[k]) / (lam[j] - lam[k]) for k in range(3) if k != j) for j in range(3)
+        ]
+        return torch.stack([torch.trapezoid(density * ell, grid) for ell in lagrange]) / torch.trapezoid(
+            density, grid
+        )
+
+    for ts in [(900, 600, 100), (999, 500, 499), (30, 20, 0), (700, 400, 390)]:
+        torch.testing.assert_close(weights(*ts), quadrature(*ts), rtol=0, atol=1e-8)
     torch.testing.assert_close(weights(502, 501, 500), torch.tensor([5, 8, -1], dtype=torch.float64) / 12,
                                rtol=0, atol=3e-3)  # fmt: skip
-    for ts in [(900, 600, 100), (999, 500, 499), (30, 20, 0)]:
-        w = weights(*ts)
-        assert w.sum().item() == pytest.approx(1, abs=1e-12), ts
-        assert not torch.allclose(w, weights(502, 501, 500), atol=0.02), ts
     trapezoid = unic_data(
         SCHEDULE, None, Evaluation(600, basis[1], basis[1]), Evaluation(300, basis[0], basis[0])
     )

@@ -29,7 +29,7 @@ from ddim import distributed
 from ddim.io import atomic_write, make_grid, save_png, to_uint8
 from ddim.metrics import Extractor, FeatureStats, feature_stats, frechet_distance, kid
 from ddim.models import Model
-from ddim.sampling import PRECISIONS, Precision, sample
+from ddim.sampling import PRECISIONS, Precision, Sampler, sample
 from ddim.schedule import SPACINGS, Spacing
 from ddim.solvers import SOLVERS
 
@@ -48,7 +48,7 @@ class SweepConfig:
     n: int = 10_000
     seed: int = 0
     spacing: Spacing = "uniform"
-    sampler: str = "ddim"  # or an ODE solver, with etas (0,)
+    sampler: Sampler = "ddim"  # or an ODE solver (SWEEP_SAMPLERS), with etas (0,)
     batch_size: int = 250
     kid_subset_size: int = 1000
     precision: Precision = "fp32"  # how the network runs (`sample`): precision changes the samples,
@@ -127,7 +127,8 @@ def parse_eta(text: str) -> Eta:
 
 
 def sampler_options(eta: Eta, sampler: str = "ddim") -> dict:
-    """`ddim.sample` keywords for a column of Table 1: σ̂ is the "ddpm-large" sampler."""
+    """`ddim.sample` keywords for a column of Table 1 (σ̂ is the "ddpm-large" sampler), for DDIM
+    or the ODE solver `sampler` (η = 0)."""
     return {"sampler": "ddpm-large"} if eta == "hat" else {"sampler": sampler, "eta": float(eta)}
 
 

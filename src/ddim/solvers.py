@@ -26,12 +26,14 @@ it costs no evaluation: x_t is recomputed from x_s by the same transfer with
 
 where (ρ_1, ρ_t) solve [[1, 1], [r_1, 1]] ρ = (g_1, 2 g_2)/B with B = e^{−h} − 1,
 g_1 = B/(−h) − 1 and g_2 = g_1/(−h) − 1/2 (the paper's recursion of the φ functions, at −h in
-the data-prediction form); a step without an earlier evaluation s' (the first) is corrected by
-UniC-1, D_c = (x̂_0(s) + x̂_0(t))/2. For equal steps and h → 0,
+the data-prediction form) — equivalently, the step integrates the quadratic through the three
+x̂_0 in λ exactly; a step without an earlier evaluation s' (the first) is corrected by UniC-1,
+D_c = (x̂_0(s) + x̂_0(t))/2. For equal steps and h → 0,
 D_c → (5 x̂_0(t) + 8 x̂_0(s) − x̂_0(s'))/12, the Adams–Moulton corrector. The next step goes
 on from the corrected x_t with the x̂_0(t) evaluated at the predicted one. The step to clean
 data is first order (as for DPM-Solver++), so its result is the network's x̂_0 and is not
-corrected.
+corrected. (A custom sequence that ends above clean data keeps order 2 on its last step, where
+diffusers' lower_order_final would drop to 1.)
 
 PLMS, the pseudo linear multistep method of PNDM (Liu et al. 2022, arXiv 2202.09778): the
 4-step Adams–Bashforth combination of the last four ε̂, ε' = (55 ε̂_0 − 59 ε̂_1 + 37 ε̂_2 − 9 ε̂_3)/24

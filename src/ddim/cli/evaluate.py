@@ -128,14 +128,20 @@ def add(sub: argparse._SubParsersAction) -> None:
         default=_default_cache(),
         help="reference statistics cache (default: ~/.cache/ddim/stats)",
     )
-    p.add_argument("--overwrite", action="store_true", help="discard results.json of another model/reference")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="discard a results.json of another model, reference, sampler or precision",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--dry-run", action="store_true", help="print the cells and their cost, then exit")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    etas = args.eta if args.eta is not None else sweep.SweepConfig.etas if args.sampler == "ddim" else [0.0]
+    etas = args.eta
+    if etas is None:  # Table 1's columns for DDIM; an ODE solver has only η = 0
+        etas = sweep.SweepConfig.etas if args.sampler == "ddim" else [0.0]
     config = sweep.SweepConfig(
         steps=tuple(args.steps), etas=tuple(etas), n=args.n, seed=args.seed, spacing=args.spacing,
         sampler=args.sampler, batch_size=args.batch_size, kid_subset_size=args.kid_subset,
