@@ -210,7 +210,7 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
             continue
         config = SweepConfig(
             steps=(budget,), etas=(0.0,), n=args.n, seed=args.seed, spacing=spacing, sampler=sampler,
-            batch_size=args.batch_size or 250, precision=args.precision,
+            batch_size=args.batch_size or 250, precision=args.precision, compile=args.compile,
         )  # fmt: skip
         cell = evaluate_cell(model, extractor, ref, budget, 0.0, config)  # what `ddim evaluate` measures
         cells[sampler, spacing, budget] = {
@@ -377,6 +377,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="(default: toy 4000, mnist 250)")
     p.add_argument(
         "--precision", choices=PRECISIONS, default="fp32", help="mnist: how the network runs (default: fp32)"
+    )
+    p.add_argument(
+        "--compile", action="store_true", help="mnist: torch.compile the network (rounding changes only)"
     )
     p.add_argument("--out", type=Path, default=Path("docs/results"), help="folder of the JSON and markdown")
     p.add_argument(
