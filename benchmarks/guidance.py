@@ -7,10 +7,11 @@ project's MNIST classifier (`ddim.metrics`), and the guidance grid of docs/guida
 1. Per-class accuracy: n samples of each class k (w = --guidance, S = --steps, seeds 0 … n − 1),
    the share the classifier labels k (the issue's criterion: ≥ 95 % for every k at w = 2, S = 50).
 2. Editing: the first --edits test digits, digit i sent to class (y_i + 1 + i mod 9) mod 10 (never
-   its own), by inversion (unconditional, and from the digit's true class as `--from-class` would)
-   and SDEdit with --strength: the share labelled as the target, the share that stays closer to
-   its source (RMS pixel distance) than an unrelated sample of the target class (seed i, same w)
-   does, and the share that does both (the criterion: ≥ 80 % of the trials).
+   its own), by inversion (unconditional, and from the digit's true class as `--from-class` would),
+   and with --strength s by SDEdit and by inversion to s·T only: the share labelled as the
+   target, the share that stays closer to its source (RMS pixel distance) than an unrelated
+   sample of the target class (seed i, same w) does, and the share that does both (the
+   criterion: ≥ 80 % of the trials).
 3. --grid: rows = classes, columns = w in --grid-guidance (default 0, 1, 2, 4), the same seeds in
    every column.
 It measures; it asserts nothing.
@@ -31,14 +32,14 @@ from torch import Tensor, nn
 import ddim
 from ddim.cli._args import int_list
 from ddim.data import load_images, load_labels, to_model_range
-from ddim.editing import EDIT_GUIDANCE
+from ddim.editing import EDIT_GUIDANCE, edit_method
 from ddim.io import atomic_write, make_grid, save_png, to_uint8
 from ddim.metrics import load_extractor
 
 
 @dataclass(frozen=True)
 class EditResult:
-    method: str  # "inversion", "inversion from the source class" or "sdedit s"
+    method: str  # "inversion", "inversion from the source class", "sdedit s" or "inversion to s"
     n: int
     guidance: float
     success: float  # share of edits the classifier labels as the target class
@@ -83,25 +84,26 @@ def unrelated_samples(
 
 def edit_trials(
     model: ddim.Model, classifier: nn.Module, x0: Tensor, y: Tensor, steps: int, guidance: float,
-    strength: float | None = None, from_source: bool = False, unrelated: Tensor | None = None,
-    batch_size: int = 250,
+    strength: float | None = None, method: str | None = None, from_source: bool = False,
+    unrelated: Tensor | None = None, batch_size: int = 250,
 ) -> EditResult:  # fmt: skip
     """Edit digit i to class (y_i + 1 + i mod 9) mod 10 and score the edits (see the module docstring);
-    `from_source`: invert with the digit's true class y_i; `unrelated`: the target-class samples
-    (`unrelated_samples`, drawn here if None)."""
+    `strength`, `method`: as `ddim.edit`'s; `from_source`: invert with the digit's true class y_i;
+    `unrelated`: the target-class samples (`unrelated_samples`, drawn here if None)."""
     start = time.perf_counter()
     target = edit_targets(y)
-    x = ddim.edit(model, x0, target.tolist(), guidance=guidance, strength=strength, steps=steps,
-                  from_class=y.tolist() if from_source else None, batch_size=batch_size)  # fmt: skip
+    source = y.tolist() if from_source else None
+    x = ddim.edit(model, x0, target.tolist(), guidance=guidance, strength=strength, method=method,
+                  steps=steps, from_class=source, batch_size=batch_size)  # fmt: skip
     if unrelated is None:
         unrelated = unrelated_samples(model, y, steps, guidance, batch_size)
     d_edit = (x.clamp(-1, 1) - x0).pow(2).flatten(1).mean(1).sqrt()  # (N,), on the images as saved
     d_unrelated = (unrelated.clamp(-1, 1) - x0).pow(2).flatten(1).mean(1).sqrt()
-    method = (
-        f"sdedit {strength:g}"
-        if strength is not None
-        else "inversion" + from_source * " from the source class"
-    )
+    method = edit_method(method, strength)
+    if method == "sdedit":
+        method = f"sdedit {strength:g}"
+    else:
+        method += ("" if strength is None else f" to {strength:g}") + from_source * " from the source class"
     hit, closer = classify(classifier, x) == target, d_edit < d_unrelated
     return EditResult(
         method, len(y), guidance, hit.double().mean().item(), closer.double().mean().item(),
@@ -161,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     edits = [trial(from_source=False), trial(from_source=True)]
     if args.strength is not None:
-        edits.append(trial(strength=args.strength))
+        edits += [trial(strength=args.strength), trial(strength=args.strength, method="inversion")]
     for r in edits:
         print(
             f"edit ({r.method}, w = {r.guidance:g}, {r.n} digits): {100 * r.success:.1f} % labelled as the "

@@ -1,4 +1,5 @@
-"""Editing towards a class: inversion then guided decoding, and SDEdit, against closed forms."""
+"""Editing towards a class: inversion (whole or to a strength) then guided decoding, and SDEdit,
+against closed forms."""
 
 import numpy as np
 import pytest
@@ -38,13 +39,34 @@ def test_inversion_edit_is_invert_then_guided_decode(glyph_model):
     assert torch.equal(ddim.edit(glyph_model, x0, to, guidance=3, steps=10), expected)
 
 
+def test_partial_inversion_inverts_to_the_strength_and_decodes_from_there(glyph_model):
+    """method="inversion" with strength s: the inversion and the decoding both run over the
+    timesteps τ ≤ s·T of the sub-sequence (here 10 steps: 900 … 0 → 500 … 0); s = 1 is the full
+    inversion; below the first timestep above 0 nothing is inverted and one step decodes x0."""
+    x0, to = _sources(4), [5, 6, 7, 0]
+    kept = timesteps(1000, 10)[timesteps(1000, 10) <= 500]
+    x_t = ddim.invert(glyph_model, x0, timesteps=kept, classes=[0, 1, 2, 3])
+    expected = ddim.sample(glyph_model, noise=x_t, timesteps=kept, classes=to, guidance=3)
+    got = ddim.edit(glyph_model, x0, to, guidance=3, steps=10, strength=0.5, method="inversion",
+                    from_class=[0, 1, 2, 3])  # fmt: skip
+    assert torch.equal(got, expected)
+    full = ddim.edit(glyph_model, x0, to, guidance=3, steps=10)
+    assert torch.equal(
+        ddim.edit(glyph_model, x0, to, guidance=3, steps=10, strength=1, method="inversion"), full
+    )
+    assert not torch.allclose(got, full, atol=1e-3)
+    tiny = ddim.edit(glyph_model, x0, to, guidance=3, steps=10, strength=0.05, method="inversion")
+    one_step = ddim.sample(glyph_model, noise=x0, timesteps=[0], classes=to, guidance=3)
+    assert torch.equal(tiny, one_step)
+
+
 @pytest.mark.parametrize("guidance", [1, 2, 4])
 def test_edits_land_on_the_target_glyph(glyph_model, guidance):
     x0 = _sources(8)
     to = [(k + 3) % 8 for k in range(8)]
     shapes = glyphs(8).flatten(1)
-    for strength in (None, 0.7):
-        x = ddim.edit(glyph_model, x0, to, guidance=guidance, steps=20, strength=strength)
+    for strength, method in ((None, None), (0.7, "sdedit"), (0.7, "inversion")):
+        x = ddim.edit(glyph_model, x0, to, guidance=guidance, steps=20, strength=strength, method=method)
         assert torch.cdist(x.flatten(1), shapes).argmin(1).tolist() == to
 
 
@@ -75,6 +97,9 @@ def test_sdedit_is_the_exact_gaussian_map_from_the_noised_image(strength, start)
         ({"to_class": 1, "strength": 0.0}, r"strength must be a number in \(0, 1\]"),
         ({"to_class": 1, "strength": 1.5}, r"strength must be a number in \(0, 1\]"),
         ({"to_class": 1, "strength": 0.5, "from_class": 2}, "SDEdit .* does not use it"),
+        ({"to_class": 1, "method": "sdedit"}, "SDEdit needs a strength"),
+        ({"to_class": 1, "method": "blur"}, "unknown edit method 'blur'"),
+        ({"to_class": 1, "strength": 1.5, "method": "inversion"}, r"strength must be a number in \(0, 1\]"),
         (
             {"to_class": 1, "strength": 0.01, "spacing": "trailing", "steps": 10},
             "below the sub-sequence's lowest",
@@ -136,6 +161,14 @@ def test_cli_edit_writes_what_the_api_computes(tmp_path, capsys, files, glyph_mo
                              "--out-dir", tmp_path / "edits", "--compare", tmp_path / "c.png")  # fmt: skip
     assert code == 0, err
     assert "3 images edited (SDEdit, strength 0.6, w = 4, 5 steps)" in out
+    code, out, err = run_cli(capsys, "edit", "--model", checkpoint, "--images", npz, "--to-class", "1,2,3",
+                             "--strength", 0.6, "--method", "inversion", "--steps", 5, "--quiet",
+                             "--npz", tmp_path / "p.npz")  # fmt: skip
+    assert code == 0, err
+    assert "3 images edited (inversion, strength 0.6, w = 2, 5 steps)" in out
+    x0 = torch.from_numpy(np.load(npz)["x_test"]).float()[:, None] / 127.5 - 1
+    expected = ddim.edit(glyph_model, x0, [1, 2, 3], steps=5, strength=0.6, method="inversion")
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "p.npz")["x"]), expected)
     assert sorted(p.name for p in (tmp_path / "edits").iterdir()) == [
         "000000.png",
         "000001.png",
@@ -153,6 +186,7 @@ def test_cli_edit_writes_what_the_api_computes(tmp_path, capsys, files, glyph_mo
         (["--to-class", "1", "--strength", "0"], "argument --strength: must be in (0, 1], got 0"),
         (["--to-class", "1,2"], "one class for all 1 samples or one per sample, got 2"),
         (["--to-class", "1", "--strength", "0.5", "--from-class", "0"], "SDEdit (strength) does not use it"),
+        (["--to-class", "1", "--method", "sdedit"], "SDEdit needs a strength"),
     ],
 )
 def test_cli_edit_refuses_bad_input_in_one_line(capsys, files, argv, message):
@@ -203,6 +237,9 @@ def test_guidance_benchmark_runs_on_a_tiny_model(tmp_path, make_tiny_model):
         model, classifier, x0, torch.tensor([3, 9, 0]), steps=2, guidance=2, from_source=True
     )
     assert result.method == "inversion from the source class"
+    result = edit_trials(model, classifier, x0, torch.tensor([3, 9, 0]), steps=4, guidance=2, strength=0.5,
+                         method="inversion")  # fmt: skip
+    assert result.method == "inversion to 0.5"
     guidance_grid(model, tmp_path / "g.png", [0, 2], per_cell=2, steps=1)
     with Image.open(tmp_path / "g.png") as im:
         assert im.size == (4 * 56 + 5 * 2, 10 * 56 + 11 * 2)  # 2 w × 2 samples a row, 28 px shown at 2×

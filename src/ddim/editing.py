@@ -3,13 +3,17 @@
 Two ways, both decoding with the target class and classifier-free guidance (`ddim.guidance`):
 - inversion (the default): x_T = DDIM inversion of the image with the unconditional model (or
   the source class), then DDIM η = 0 from x_T with the target class (Song et al. 2021, §5.4:
-  the latent keeps what the class does not decide, such as position, thickness and style);
+  the latent keeps what the class does not decide, such as position, thickness and style).
+  With a `strength` s the inversion stops at t ≈ s·T and the decoding starts there: the
+  deterministic counterpart of SDEdit;
 - SDEdit (Meng et al. 2022), `strength` s ∈ (0, 1]: noise the image to t ≈ s·T with a seeded
   draw, x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) z, and denoise from there with the target class. Small s
   keeps more of the image, s = 1 keeps almost nothing.
 """
 
 from __future__ import annotations
+
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -21,6 +25,8 @@ from ddim.sampling import _sub_sequence, sample, seeded_latents
 from ddim.schedule import Spacing
 
 EDIT_GUIDANCE = 2.0  # default w: the inverted latent pulls towards the source, guidance pulls away
+EditMethod = Literal["inversion", "sdedit"]
+EDIT_METHODS: tuple[str, ...] = get_args(EditMethod)
 
 
 def edit(
@@ -30,6 +36,7 @@ def edit(
     *,
     guidance: float = EDIT_GUIDANCE,
     strength: float | None = None,
+    method: EditMethod | None = None,
     from_class: Classes | None = None,
     steps: int | None = None,
     spacing: Spacing = "uniform",
@@ -39,33 +46,52 @@ def edit(
     """Images x0 (N, *shape) in [-1, 1] edited towards `to_class` (one for all, or one per image):
     float32 (N, *shape) on the CPU.
 
-    strength=None: invert with `from_class` (default: unconditional) and decode with `to_class`
-    over the same S-step sub-sequence. strength=s: SDEdit from the largest timestep τ ≤ s·T of
-    the sub-sequence, image i noised with the x_T draw of sample i under `seed`. `options` go to
-    `invert` and `sample`: batch_size, progress, device, precision.
+    method="inversion" (the default without a strength): invert with `from_class` (default:
+    unconditional) and decode with `to_class` over the same S-step sub-sequence — all of it, or
+    with strength=s only its timesteps τ ≤ s·T. method="sdedit" (the default with a strength):
+    start from the largest timestep τ ≤ s·T of the sub-sequence, image i noised with the x_T
+    draw of sample i under `seed`. `options` go to `invert` and `sample`: batch_size, progress,
+    device, precision.
     """
     if not isinstance(model, Model) or model.num_classes is None:
         raise ValueError("editing to a class needs a class-conditional model; this one is unconditional")
     check_images(x0, model)
     to_class = _labels(model, to_class, x0.shape[0], "to_class")  # refused before any network call
     from_class = None if from_class is None else _labels(model, from_class, x0.shape[0], "from_class")
+    method = edit_method(method, strength)
     seq = _sub_sequence(model.schedule, steps, spacing, None)
+    kept = seq if strength is None else _below(seq, strength, model.schedule.num_timesteps)
     decode = {"classes": to_class, "guidance": guidance, "eta": 0.0, **options}
+    if method == "inversion":
+        x_t = x0 if int(kept[0]) == 0 else invert(model, x0, timesteps=kept, classes=from_class, **options)
+        return sample(model, noise=x_t, timesteps=kept, **decode)
     if strength is None:
-        x_T = invert(model, x0, timesteps=seq, classes=from_class, **options)
-        return sample(model, noise=x_T, timesteps=seq, **decode)
+        raise ValueError("SDEdit needs a strength in (0, 1]: how far to noise the images")
     if from_class is not None:
         raise ValueError("from_class is for editing through inversion; SDEdit (strength) does not use it")
-    if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 < strength <= 1:
-        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
-    T = model.schedule.num_timesteps
-    kept = seq[seq <= strength * T]  # descending: τ ≤ s·T
-    if kept.numel() == 0:
-        lowest = int(seq[-1])
-        raise ValueError(f"strength {strength} is below the sub-sequence's lowest timestep, {lowest} of {T}")
     z = seeded_latents(model.image_shape, seed, range(x0.shape[0]))  # (N, *shape)
     x_t = model.schedule.q_sample(x0.float().cpu(), torch.full((x0.shape[0],), int(kept[0])), z)
     return sample(model, noise=x_t, timesteps=kept, seed=seed, **decode)
+
+
+def edit_method(method: EditMethod | None, strength: float | None) -> EditMethod:
+    """The method `edit` uses: `method`, by default SDEdit with a strength and inversion without."""
+    method = method or ("inversion" if strength is None else "sdedit")
+    if method not in EDIT_METHODS:
+        raise ValueError(f"unknown edit method {method!r}; choose one of {', '.join(EDIT_METHODS)}")
+    return method
+
+
+def _below(seq: Tensor, strength: float, T: int) -> Tensor:
+    """The timesteps τ ≤ s·T of a descending sub-sequence (at least its last one)."""
+    if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 < strength <= 1:
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+    kept = seq[seq <= strength * T]
+    if kept.numel() == 0:
+        raise ValueError(
+            f"strength {strength} is below the sub-sequence's lowest timestep, {int(seq[-1])} of {T}"
+        )
+    return kept
 
 
 def _labels(model: Model, classes: Classes, n: int, name: str) -> Tensor:

@@ -10,13 +10,14 @@ import torch
 from ddim.checkpoint import load
 from ddim.cli._args import class_list, guidance_arg, int_at_least, output_file, output_folder
 from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
-from ddim.editing import EDIT_GUIDANCE, edit
+from ddim.editing import EDIT_GUIDANCE, EDIT_METHODS, edit, edit_method
 from ddim.io import check_writable, make_grid, save_png, save_samples, to_uint8
 
 EDIT_MODEL = "mnist-cond"  # the shipped class-conditional model (docs/models/mnist-cond.md)
 EXAMPLES = """examples:
   ddim edit --image digit.png --to-class 8                        invert, decode as an 8 (mnist-cond)
   ddim edit --image digit.png --to-class 8 --strength 0.6         SDEdit
+  ddim edit --image digit.png --to-class 8 --strength 0.6 --method inversion   invert to 0.6 T only
   ddim edit --images mnist.npz --limit 10 --to-class 0,1,2,3,4,5,6,7,8,9 --compare before-after.png
   ddim edit --model cond.safetensors --images pets/ --to-class cat     your own conditional model
 """
@@ -38,7 +39,8 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="edit images towards a class (class-conditional models)",
         description="Edit real images towards a class: DDIM-invert them with the unconditional model "
         "(or --from-class) and decode with the target class and classifier-free guidance, or, with "
-        "--strength s, noise them to t = s·T and denoise with the target class (SDEdit).",
+        "--strength s, noise them to t = s·T and denoise with the target class (SDEdit; with "
+        "--method inversion, invert them to t = s·T instead).",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -65,7 +67,14 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--strength",
         type=_strength,
         default=None,
-        help="SDEdit: noise to t = s·T, s in (0, 1], and denoise (default: edit through inversion)",
+        help="start the decoding at t = s·T, s in (0, 1]: noised there (SDEdit) or inverted up to "
+        "there (--method inversion) (default: invert all the way, no strength)",
+    )
+    p.add_argument(
+        "--method",
+        choices=EDIT_METHODS,
+        default=None,
+        help="inversion or sdedit (default: sdedit with --strength, inversion without)",
     )
     p.add_argument("--steps", type=int_at_least(1), default=50, help="steps S (default: 50)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="SDEdit noise of image i: (SEED, i)")
@@ -92,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     x0 = read_images(args, model)
     start = time.perf_counter()
     x = edit(
-        model, x0, args.to_class, guidance=args.guidance, strength=args.strength,
+        model, x0, args.to_class, guidance=args.guidance, strength=args.strength, method=args.method,
         from_class=args.from_class, steps=args.steps, spacing=args.spacing, seed=args.seed,
         **model_options(args),
     )  # fmt: skip
@@ -103,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         written.append(
             save_png(make_grid(to_uint8(torch.cat([x0, x])), nrow=len(x0), scale=scale), args.compare)
         )
-    how = "inversion" if args.strength is None else f"SDEdit, strength {args.strength:g}"
+    how = {"inversion": "inversion", "sdedit": "SDEdit"}[edit_method(args.method, args.strength)]
+    how += "" if args.strength is None else f", strength {args.strength:g}"
     print(f"{len(x)} images edited ({how}, w = {args.guidance:g}, {args.steps} steps) in {seconds:.1f} s")
     for path in written:
         print(f"wrote {path}")
