@@ -131,7 +131,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=2.0, help="w of the per-class accuracy (default: 2)")
     p.add_argument("--edits", type=int, default=100, help="test digits to edit (default: 100)")
     p.add_argument("--edit-guidance", type=float, default=EDIT_GUIDANCE)
-    p.add_argument("--strength", type=float, default=None, help="also measure SDEdit at this strength")
+    p.add_argument(
+        "--strength", type=float, default=None, help="also measure SDEdit and inversion to this strength"
+    )
     p.add_argument("--grid", type=Path, default=None, help="write the guidance grid here")
     p.add_argument("--grid-guidance", type=int_list, default=[0, 1, 2, 4])
     p.add_argument("--per-cell", type=int, default=1, help="samples per cell of the grid")

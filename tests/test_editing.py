@@ -41,8 +41,8 @@ def test_inversion_edit_is_invert_then_guided_decode(glyph_model):
 
 def test_partial_inversion_inverts_to_the_strength_and_decodes_from_there(glyph_model):
     """method="inversion" with strength s: the inversion and the decoding both run over the
-    timesteps τ ≤ s·T of the sub-sequence (here 10 steps: 900 … 0 → 500 … 0); s = 1 is the full
-    inversion; below the first timestep above 0 nothing is inverted and one step decodes x0."""
+    timesteps τ ≤ s·T of the sub-sequence (here 10 steps: 900 … 0 → 500 … 0; trailing: 999 … 99
+    → 499 … 99, whose inversion starts with the step 0 → 99); s = 1 is the full inversion."""
     x0, to = _sources(4), [5, 6, 7, 0]
     kept = timesteps(1000, 10)[timesteps(1000, 10) <= 500]
     x_t = ddim.invert(glyph_model, x0, timesteps=kept, classes=[0, 1, 2, 3])
@@ -50,14 +50,18 @@ def test_partial_inversion_inverts_to_the_strength_and_decodes_from_there(glyph_
     got = ddim.edit(glyph_model, x0, to, guidance=3, steps=10, strength=0.5, method="inversion",
                     from_class=[0, 1, 2, 3])  # fmt: skip
     assert torch.equal(got, expected)
-    full = ddim.edit(glyph_model, x0, to, guidance=3, steps=10)
-    assert torch.equal(
-        ddim.edit(glyph_model, x0, to, guidance=3, steps=10, strength=1, method="inversion"), full
-    )
-    assert not torch.allclose(got, full, atol=1e-3)
-    tiny = ddim.edit(glyph_model, x0, to, guidance=3, steps=10, strength=0.05, method="inversion")
-    one_step = ddim.sample(glyph_model, noise=x0, timesteps=[0], classes=to, guidance=3)
-    assert torch.equal(tiny, one_step)
+    full = ddim.edit(glyph_model, x0, to, guidance=3, steps=10, from_class=[0, 1, 2, 3])
+    whole = ddim.edit(glyph_model, x0, to, guidance=3, steps=10, strength=1, method="inversion",
+                      from_class=[0, 1, 2, 3])  # fmt: skip
+    assert torch.equal(whole, full)
+    assert not torch.allclose(got, full, atol=1e-3)  # the strength matters
+    trailing = timesteps(1000, 10, "trailing")
+    kept = trailing[trailing <= 500]
+    x_t = ddim.invert(glyph_model, x0, timesteps=kept)
+    expected = ddim.sample(glyph_model, noise=x_t, timesteps=kept, classes=to, guidance=3)
+    got = ddim.edit(glyph_model, x0, to, guidance=3, steps=10, spacing="trailing", strength=0.5,
+                    method="inversion")  # fmt: skip
+    assert torch.equal(got, expected)
 
 
 @pytest.mark.parametrize("guidance", [1, 2, 4])
@@ -70,7 +74,7 @@ def test_edits_land_on_the_target_glyph(glyph_model, guidance):
         assert torch.cdist(x.flatten(1), shapes).argmin(1).tolist() == to
 
 
-@pytest.mark.parametrize(("strength", "start"), [(1.0, 900), (0.5, 500), (0.43, 400), (0.1, 100), (0.05, 0)])
+@pytest.mark.parametrize(("strength", "start"), [(1.0, 900), (0.5, 500), (0.43, 400), (0.1, 100)])
 def test_sdedit_is_the_exact_gaussian_map_from_the_noised_image(strength, start):
     """Data N(μ_k, s²) per class: noising x_0 to τ_start with image i's seeded x_T draw z_i, then
     η = 0 DDIM with class k gives μ_k + c (x_τ − √ᾱ_τ μ_k), c the gain of the remaining path."""
@@ -102,8 +106,10 @@ def test_sdedit_is_the_exact_gaussian_map_from_the_noised_image(strength, start)
         ({"to_class": 1, "strength": 1.5, "method": "inversion"}, r"strength must be a number in \(0, 1\]"),
         (
             {"to_class": 1, "strength": 0.01, "spacing": "trailing", "steps": 10},
-            "below the sub-sequence's lowest",
+            r"below the sub-sequence's lowest timestep above 0, 99 of 1000 \(strength ≥ 0.099\)",
         ),
+        ({"to_class": 1, "strength": 0.05, "steps": 10}, "lowest timestep above 0, 100 of 1000"),
+        ({"to_class": 1, "strength": 0.05, "steps": 10, "method": "inversion"}, "so nothing would be edited"),
     ],
 )
 def test_bad_edits_are_refused(glyph_model, kwargs, message):
@@ -187,6 +193,7 @@ def test_cli_edit_writes_what_the_api_computes(tmp_path, capsys, files, glyph_mo
         (["--to-class", "1,2"], "one class for all 1 samples or one per sample, got 2"),
         (["--to-class", "1", "--strength", "0.5", "--from-class", "0"], "SDEdit (strength) does not use it"),
         (["--to-class", "1", "--method", "sdedit"], "SDEdit needs a strength"),
+        (["--to-class", "1", "--strength", "0.05", "--steps", "10"], "so nothing would be edited"),
     ],
 )
 def test_cli_edit_refuses_bad_input_in_one_line(capsys, files, argv, message):

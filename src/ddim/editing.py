@@ -58,38 +58,50 @@ def edit(
     check_images(x0, model)
     to_class = _labels(model, to_class, x0.shape[0], "to_class")  # refused before any network call
     from_class = None if from_class is None else _labels(model, from_class, x0.shape[0], "from_class")
-    method = edit_method(method, strength)
+    method = edit_method(method, strength, from_class)
     seq = _sub_sequence(model.schedule, steps, spacing, None)
     kept = seq if strength is None else _below(seq, strength, model.schedule.num_timesteps)
     decode = {"classes": to_class, "guidance": guidance, "eta": 0.0, **options}
     if method == "inversion":
-        x_t = x0 if int(kept[0]) == 0 else invert(model, x0, timesteps=kept, classes=from_class, **options)
+        x_t = invert(model, x0, timesteps=kept, classes=from_class, **options)
         return sample(model, noise=x_t, timesteps=kept, **decode)
-    if strength is None:
-        raise ValueError("SDEdit needs a strength in (0, 1]: how far to noise the images")
-    if from_class is not None:
-        raise ValueError("from_class is for editing through inversion; SDEdit (strength) does not use it")
     z = seeded_latents(model.image_shape, seed, range(x0.shape[0]))  # (N, *shape)
     x_t = model.schedule.q_sample(x0.float().cpu(), torch.full((x0.shape[0],), int(kept[0])), z)
     return sample(model, noise=x_t, timesteps=kept, seed=seed, **decode)
 
 
-def edit_method(method: EditMethod | None, strength: float | None) -> EditMethod:
-    """The method `edit` uses: `method`, by default SDEdit with a strength and inversion without."""
+def edit_method(
+    method: EditMethod | None, strength: float | None, from_class: Classes | None = None
+) -> EditMethod:
+    """The method `edit` uses — `method`, by default SDEdit with a strength and inversion
+    without — after refusing the combinations that cannot work."""
     method = method or ("inversion" if strength is None else "sdedit")
     if method not in EDIT_METHODS:
         raise ValueError(f"unknown edit method {method!r}; choose one of {', '.join(EDIT_METHODS)}")
+    if method == "sdedit" and strength is None:
+        raise ValueError("SDEdit needs a strength in (0, 1]: how far to noise the images")
+    if method == "sdedit" and from_class is not None:
+        raise ValueError(
+            "from_class is for editing through inversion; SDEdit (strength) does not use it "
+            "(method='inversion', --method inversion, takes a strength too)"
+        )
     return method
 
 
 def _below(seq: Tensor, strength: float, T: int) -> Tensor:
-    """The timesteps τ ≤ s·T of a descending sub-sequence (at least its last one)."""
+    """The timesteps τ ≤ s·T of a descending sub-sequence; at least one above t = 0, since from
+    t = 0 alone an edit would return the images unchanged."""
     if isinstance(strength, bool) or not isinstance(strength, int | float) or not 0 < strength <= 1:
         raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
     kept = seq[seq <= strength * T]
-    if kept.numel() == 0:
+    if kept.numel() == 0 or int(kept[0]) == 0:
+        above = seq[seq > 0]
+        if above.numel() == 0:
+            raise ValueError(f"the sub-sequence {seq.tolist()} has no timestep above 0 to edit from")
+        lowest = int(above[-1])
         raise ValueError(
-            f"strength {strength} is below the sub-sequence's lowest timestep, {int(seq[-1])} of {T}"
+            f"strength {strength} is below the sub-sequence's lowest timestep above 0, {lowest} of {T} "
+            f"(strength ≥ {lowest / T:g}), so nothing would be edited"
         )
     return kept
 

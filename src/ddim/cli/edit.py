@@ -93,6 +93,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    method = edit_method(args.method, args.strength, args.from_class)  # refused before loading anything
     model = load(args.model)
     if model.num_classes is None:
         raise ValueError(f"--to-class needs a class-conditional model; {args.model} is unconditional")
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         written.append(
             save_png(make_grid(to_uint8(torch.cat([x0, x])), nrow=len(x0), scale=scale), args.compare)
         )
-    how = {"inversion": "inversion", "sdedit": "SDEdit"}[edit_method(args.method, args.strength)]
+    how = {"inversion": "inversion", "sdedit": "SDEdit"}[method]
     how += "" if args.strength is None else f", strength {args.strength:g}"
     print(f"{len(x)} images edited ({how}, w = {args.guidance:g}, {args.steps} steps) in {seconds:.1f} s")
     for path in written:
