@@ -60,6 +60,7 @@ SPACINGS = ("uniform", "quadratic", "trailing", "logsnr")
 BUDGETS = (5, 10, 15, 20, 50)
 PROBLEMS = {"ring": 20_000, "glyphs": 5_000}  # toy problems and their default samples per cell
 METRICS = {"toy": ("mode_w2", "sw2", "ode_rms"), "mnist": ("fid",)}  # the first is the headline
+DEFAULT_OUT = Path("docs/results")
 MNIST_IDENTITY = ("fingerprint", "reference", "n", "seed", "precision")  # what a kept cell must share
 
 
@@ -95,9 +96,7 @@ def toy_problem(name: str, schedule: NoiseSchedule) -> MixtureDenoiser:
     if name == "ring":
         angle = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
         return MixtureDenoiser(schedule, 0.8 * torch.stack([angle.cos(), angle.sin()], 1), 0.05)
-    if name == "glyphs":
-        return MixtureDenoiser(schedule, glyphs(8), 0.1)
-    raise ValueError(f"unknown toy problem {name!r}; choose from {', '.join(PROBLEMS)}")
+    return MixtureDenoiser(schedule, glyphs(8), 0.1)  # "glyphs": `toy_identity` refuses other names
 
 
 def sliced_w2(a: Tensor, b: Tensor, directions: Tensor) -> float:
@@ -133,11 +132,25 @@ def random_directions(dim: int, k: int = 128, seed: int = 0) -> Tensor:
     return d / d.norm(dim=0)  # (D, K) unit columns
 
 
+def toy_identity(name: str, args: argparse.Namespace) -> dict:
+    """What a kept toy result must share with this run."""
+    if name not in PROBLEMS:
+        raise ValueError(f"unknown toy problem {name!r}; choose from {', '.join(PROBLEMS)}")
+    n = args.n or PROBLEMS[name]
+    return {
+        "problem": name,
+        "n": n,
+        "n_ode": min(args.n_ode, n),
+        "seed": args.seed,
+        "rk4_steps": args.rk4_steps,
+    }
+
+
 def run_toy(name: str, grid: Grid, args: argparse.Namespace, saved: dict | None) -> dict:
     """Every cell of the grid on one toy problem, with the noise floor and the ODE reference's
     accuracy; the cells of `saved` (an earlier result of the same problem and settings) are kept."""
-    n = args.n or PROBLEMS.get(name, 0)
-    n_ode, seed, rk4_steps = min(args.n_ode, n), args.seed, args.rk4_steps
+    identity = toy_identity(name, args)
+    n, n_ode, seed, rk4_steps = (identity[k] for k in ("n", "n_ode", "seed", "rk4_steps"))
     schedule = NoiseSchedule.linear()
     net = toy_problem(name, schedule)
     shape = net.config.shape
@@ -153,7 +166,6 @@ def run_toy(name: str, grid: Grid, args: argparse.Namespace, saved: dict | None)
             references[start] = probability_flow(net, x_T[:n_ode], a, 1.0, rk4_steps)
         return references[start]
 
-    identity = {"problem": name, "n": n, "n_ode": n_ode, "seed": seed, "rk4_steps": rk4_steps}
     cells = _kept_cells(saved, identity, args.overwrite)
     for sampler, spacing, budget in grid.cells():
         ts = timesteps(schedule.num_timesteps, budget, spacing, schedule)
@@ -189,6 +201,9 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
     from ddim.metrics import cached_feature_stats, feature_stats, frechet_distance, load_extractor
 
     model = ddim.load(args.model)
+    identity = dict(zip(MNIST_IDENTITY, (model_fingerprint(model), f"{args.ref}:{args.ref_key}", args.n,
+                                         args.seed, args.precision), strict=True))  # fmt: skip
+    cells = _kept_cells(_read_json(path), identity, args.overwrite)  # refused before any work
     extractor = load_extractor("mnist")
     c, h, _ = model.image_shape
     images = load_images(args.ref, key=args.ref_key, resolution=h, channels=c)
@@ -198,12 +213,9 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
         extractor, test[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[: args.n]]
     )
     report = {
-        "model": str(args.model), "fingerprint": model_fingerprint(model),
-        "reference": f"{args.ref}:{args.ref_key}", "n": args.n, "seed": args.seed,
-        "precision": args.precision,
+        "model": str(args.model), **identity,
         "floor": {"fid": frechet_distance(floor.mu, floor.cov, ref.mu, ref.cov)},
     }  # fmt: skip
-    cells = _kept_cells(_read_json(path), {k: report[k] for k in MNIST_IDENTITY}, args.overwrite)
     for sampler, spacing, budget in grid.cells():
         ts = timesteps(model.schedule.num_timesteps, budget, spacing, model.schedule)
         if cells.get((sampler, spacing, budget), {}).get("timesteps") == ts.tolist():
@@ -217,6 +229,7 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
             "sampler": sampler, "spacing": spacing, "budget": budget, "nfe": len(ts),
             "timesteps": ts.tolist(), "fid": cell.fid, "kid": cell.kid, "kid_std": cell.kid_std,
             "seconds": round(cell.sample_seconds, 1), "threads": torch.get_num_threads(),
+            "compile": args.compile,  # the first compiled cell's seconds include the compilation
         }  # fmt: skip
         _write_json(path, {**report, "cells": list(cells.values())})
         label = f"mnist {sampler:12s} {spacing:9s} NFE {len(ts):2d}"
@@ -381,11 +394,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--compile", action="store_true", help="mnist: torch.compile the network (rounding changes only)"
     )
-    p.add_argument("--out", type=Path, default=Path("docs/results"), help="folder of the JSON and markdown")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder of the JSON and markdown")
     p.add_argument(
         "--overwrite", action="store_true", help="replace results in --out measured with other settings"
     )
-    p.add_argument("--plot", type=Path, default=None, help="(default: docs/images/samplers-PART.png)")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="(default: docs/images/samplers-PART.png, or in --out if given)",
+    )
     return p.parse_args(argv)
 
 
@@ -398,8 +416,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.part == "toy":  # the problems not run this time stay as they were
             problems = {p["problem"]: p for p in (_read_json(json_path) or {}).get("problems", [])}
+            for name in split(args.problems):  # refuse any unknown problem or other settings first
+                _kept_cells(problems.get(name), toy_identity(name, args), args.overwrite)
             for name in split(args.problems):
                 problems[name] = run_toy(name, grid, args, problems.get(name))
+                _write_json(json_path, {"problems": list(problems.values())})
             results = list(problems.values())
             payload = {"problems": results}
         else:
@@ -413,7 +434,8 @@ def main(argv: list[str] | None = None) -> None:
     shown = covering(results)  # this run's cells and the ones it kept
     text = "\n\n".join(report(r, metrics, shown) for r in results)
     atomic_write(json_path.with_suffix(".md"), lambda f: f.write((text + "\n").encode()))
-    image = plot(results, metrics[0], shown, args.plot or Path(f"docs/images/samplers-{args.part}.png"),
+    default_plot = Path("docs/images") if args.out == DEFAULT_OUT else args.out  # the docs' own run, or OUT
+    image = plot(results, metrics[0], shown, args.plot or default_plot / f"samplers-{args.part}.png",
                  lambda r: r.get("problem", "MNIST"))  # fmt: skip
     print(text)
     print(f"wrote {json_path}, {json_path.with_suffix('.md')}, {image} ({time.perf_counter() - start:.0f} s)")

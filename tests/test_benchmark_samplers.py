@@ -44,8 +44,11 @@ def test_toy_report_convergence_and_kept_cells(tmp_path, capsys):
     main([*other_n, "--overwrite"])
     assert capsys.readouterr().out.count("ring ddim") == len(SPACINGS)
     glyphs = ["--problems", "glyphs", "--n", "100", "--n-ode", "10", "--rk4-steps", "50", "--budgets", "5",
-              "--samplers", "ddim", "--out", str(tmp_path), "--plot", str(tmp_path / "plot.png")]  # fmt: skip
+              "--samplers", "ddim", "--out", str(tmp_path)]  # fmt: skip
+    with pytest.raises(SystemExit, match="unknown toy problem 'moons'"):  # before any work
+        main([*glyphs[:1], "glyphs,moons", *glyphs[2:]])
     main(glyphs)
+    assert (tmp_path / "samplers-toy.png").read_bytes().startswith(b"\x89PNG")  # the plot goes with --out
     problems = json.loads((tmp_path / "samplers-toy.json").read_text())["problems"]
     assert [(p["problem"], p["n"], len(p["cells"])) for p in problems] == [
         ("ring", 300, 4),

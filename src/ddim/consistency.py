@@ -1,4 +1,4 @@
-"""The consistency of DDIM's latent space, measured (Song, Meng & Ermon 2021, §5.3, Fig. 5).
+"""The consistency of DDIM's latent space, measured (Song, Meng & Ermon 2021, §5.2, Fig. 5).
 
 With η = 0 the image is a deterministic function of x_T, and samples from the same x_T with
 S = 10, 20, 50, 100 steps share their high-level features with the S = 1000 sample: only

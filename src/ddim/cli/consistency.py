@@ -1,4 +1,4 @@
-"""`ddim consistency`: do samples from the same x_T agree across S? (paper §5.3, Fig. 5)."""
+"""`ddim consistency`: do samples from the same x_T agree across S? (paper §5.2, Fig. 5)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="distance of S-step samples to the 1000-step samples of the same x_T, for η = 0 and 1",
         description="Sample the same latents x_T with S steps and with --reference steps, for each η; "
         "print the mean RMS pixel distance (on [-1, 1]) of each S's images to the reference images. "
-        "With η = 0 they share their high-level features (paper §5.3); with η = 1 they do not.",
+        "With η = 0 they share their high-level features (paper §5.2); with η = 1 they do not.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
