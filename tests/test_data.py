@@ -43,6 +43,21 @@ def test_rgb_folder_and_limit(tmp_path):
     assert np.array_equal(x[0].permute(1, 2, 0).numpy(), rgb[0])
 
 
+def test_16_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG opens as "I;16"; Pillow's own convert("L") would clip it to white. Here 65535 ↦
+    255 (÷ 257, the 8-bit value that 16-bit value was made from), for files and for uploads."""
+    from ddim.serve.images import decode_upload
+
+    levels = np.arange(256, dtype=np.uint16).reshape(16, 16) * 257  # every 8-bit value, widened
+    Image.fromarray(levels).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I")  # a 16-bit image indeed
+    x = load_images(tmp_path / "g16.png")
+    assert np.array_equal(x[0, 0].numpy(), np.arange(256).reshape(16, 16))
+    upload = decode_upload((tmp_path / "g16.png").read_bytes(), (1, 16, 16), max_pixels=1024)
+    torch.testing.assert_close(upload, to_model_range(x), rtol=0, atol=1e-6)
+
+
 def test_pad_centres_on_black_and_resize_crops():
     x = torch.full((2, 1, 28, 28), 255, dtype=torch.uint8)
     padded = fit_images(x, 32, "pad")

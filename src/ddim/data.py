@@ -227,12 +227,22 @@ def _read_image(file: Path, channels: int | None) -> Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, as the larger ones are
             with Image.open(file) as im:
-                gray = im.mode in ("1", "L", "LA", "I", "I;16", "F")
-                im = im.convert("L" if (channels == 1 or (channels is None and gray)) else "RGB")
-                array = np.asarray(im)
+                gray = im.mode in ("1", "L", "LA", "I", "F") or im.mode.startswith("I;16")
+                array = np.asarray(
+                    to_8bit(im, "L" if (channels == 1 or (channels is None and gray)) else "RGB")
+                )
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, *bomb) as e:  # SyntaxError: PIL plugins
         raise DataError(f"{file}: cannot read this image ({e})") from None
     return torch.from_numpy(array.reshape(*array.shape[:2], -1).copy()).permute(2, 0, 1)
+
+
+def to_8bit(image: Image.Image, mode: str) -> Image.Image:
+    """`image` in the 8-bit `mode` ("L" or "RGB"). Pillow's convert clips 16-bit grey (a 16-bit
+    PNG opens as "I;16" or "I") to 255; here it is scaled, 65535 → 255, as 8-bit tools show it."""
+    if image.mode == "I" or image.mode.startswith("I;16"):
+        levels = np.asarray(image, dtype=np.float64).clip(0, 65535) / 257.0
+        image = Image.fromarray(levels.round().astype(np.uint8))
+    return image.convert(mode)
 
 
 def _set_channels(x: Tensor, channels: int | None, path: Path) -> Tensor:

@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch import Tensor
 
+from ddim.data import to_8bit
 from ddim.io import make_grid, to_uint8
 
 
@@ -47,7 +48,7 @@ def decode_upload(data: bytes, shape: tuple[int, ...], max_pixels: int) -> Tenso
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > max_pixels:
                 raise BadImage(f"the image has {image.width}×{image.height} pixels; at most {max_pixels}")
-            image = ImageOps.fit(image.convert("L" if channels == 1 else "RGB"), (width, height))
+            image = ImageOps.fit(to_8bit(image, "L" if channels == 1 else "RGB"), (width, height))
     except BadImage:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
