@@ -1,4 +1,6 @@
 import errno
+import json
+import math
 import os
 
 import numpy as np
@@ -13,6 +15,7 @@ from ddim.io import (
     check_writable,
     make_grid,
     save_gif,
+    save_json,
     save_png,
     save_trajectory_gif,
     to_uint8,
@@ -98,3 +101,17 @@ def test_check_writable_refuses_a_folder_without_write_permission(tmp_path):
     finally:
         locked.chmod(0o755)
     assert check_writable(locked / "new" / "x.png") == locked / "new" / "x.png"  # created when written
+
+
+def test_json_reports_write_non_finite_numbers_as_null(tmp_path):
+    """JSON has no NaN (the standard error of one sample); strict parsers refuse Python's `NaN`."""
+    data = {"rows": [{"mse": 0.5, "sem": math.nan}, (math.inf, 1)], "n": 1}
+    path = save_json(tmp_path / "r.json", data)
+
+    def refuse(name):
+        raise ValueError(f"not JSON: {name}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {
+        "rows": [{"mse": 0.5, "sem": None}, [None, 1]],
+        "n": 1,
+    }

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ddim import distributed
-from ddim.io import atomic_write, make_grid, save_png, to_uint8
+from ddim.io import atomic_write, make_grid, save_json, save_png, to_uint8
 from ddim.metrics import Extractor, FeatureStats, feature_stats, frechet_distance, kid
 from ddim.models import Model
 from ddim.sampling import PRECISIONS, Precision, Sampler, sample
@@ -196,7 +196,7 @@ def load_results(path: Path, identity: dict) -> dict[str, Cell]:
 
 def save_results(path: Path, identity: dict, cells: dict[str, Cell]) -> Path:
     payload = {"version": RESULTS_VERSION, "identity": identity, "cells": [asdict(c) for c in cells.values()]}
-    return atomic_write(path, lambda f: f.write(json.dumps(payload, indent=2).encode()))
+    return save_json(path, payload)
 
 
 def run_sweep(

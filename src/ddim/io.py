@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -130,6 +131,23 @@ def save_gif(
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     """Save arrays to an uncompressed .npz, atomically."""
     return atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def save_json(path: str | os.PathLike, data: object) -> Path:
+    """Save `data` as indented JSON, atomically. Non-finite floats (e.g. the standard error of a
+    single sample, NaN) are written as null: JSON has no NaN, and strict parsers refuse it."""
+    text = json.dumps(_finite(data), indent=2, allow_nan=False)
+    return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def _finite(data: object) -> object:
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite(v) for v in data]
+    return data
 
 
 def save_samples(

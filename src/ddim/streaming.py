@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ddim.evaluate import model_fingerprint
-from ddim.io import atomic_write, sample_png, save_samples
+from ddim.io import sample_png, save_json, save_samples
 from ddim.models import Model
 from ddim.sampling import _check_options, _sub_sequence, sample
 
@@ -143,4 +143,4 @@ def _claim(out_dir: Path, identity: dict) -> None:
         raise ValueError(
             f"{out_dir} holds PNGs that no resumable run recorded; choose another folder or empty it"
         )
-    atomic_write(record, lambda f: f.write(json.dumps(identity, indent=2).encode()))
+    save_json(record, identity)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 
 import numpy as np
@@ -12,7 +11,7 @@ from ddim.checkpoint import load
 from ddim.cli._args import eta_arg, int_at_least, int_list, output_file
 from ddim.cli._images import add_model_options, model_options
 from ddim.consistency import Consistency, consistency
-from ddim.io import atomic_write, make_grid, save_png, to_uint8
+from ddim.io import make_grid, save_json, save_png, to_uint8
 
 EXAMPLES = """examples:
   ddim consistency --model mnist --n 8 --out consistency.png
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         report = {"model": str(args.model), "n": args.n, "seed": args.seed, "reference": args.reference,
                   "rows": [asdict(r) for r in result.rows]}  # fmt: skip
-        written.append(atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2).encode())))
+        written.append(save_json(args.json, report))
     for path in written:
         print(f"wrote {path}")
     return 0

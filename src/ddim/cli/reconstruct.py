@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 
 import torch
 
@@ -13,7 +12,7 @@ from ddim.checkpoint import load
 from ddim.cli._args import int_at_least, int_list, output_file
 from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
 from ddim.inversion import PAPER_TABLE2, ReconstructionError, reconstruction_errors
-from ddim.io import atomic_write, make_grid, save_png, to_uint8
+from ddim.io import atomic_write, make_grid, save_json, save_png, to_uint8
 
 EXAMPLES = """examples:
   ddim reconstruct --model mnist --images mnist.npz --limit 500 --steps 10,20,50,100
@@ -69,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             "model": str(args.model), "images": source, "n": len(x0), "spacing": args.spacing,
             "rows": [as_dict(r) for r in rows],
         }  # fmt: skip
-        written.append(atomic_write(args.json, lambda f: f.write(json.dumps(report, indent=2).encode())))
+        written.append(save_json(args.json, report))
     for path in written:
         print(f"wrote {path}")
     return 0
