@@ -1,6 +1,7 @@
 """Bad input through the `ddim` command: one line naming the offending thing and exit 2, never a
 traceback, and nothing written earlier lost."""
 
+import itertools
 import os
 import struct
 import zlib
@@ -179,6 +180,27 @@ def test_an_output_under_a_file_is_refused_before_any_work(writer, tmp_path, com
 def test_an_output_name_too_long_is_refused_before_any_work(writer, tmp_path, command, option, folder):
     code, err = writer(command, option, tmp_path / ("x" * 300))
     assert_refused(code, err, f"argument {option}: cannot write {tmp_path / ('x' * 300)}: File name too long")
+
+
+SAME_COMMAND_PAIRS = [
+    (command, first, second)
+    for (command, first, _), (other, second, _) in itertools.combinations(OUTPUTS, 2)
+    if command == other
+]
+
+
+@pytest.mark.parametrize(("command", "first", "second"), SAME_COMMAND_PAIRS)
+def test_two_outputs_naming_one_path_are_refused_before_any_work(writer, tmp_path, command, first, second):
+    code, err = writer(command, first, tmp_path / "out", second, tmp_path / "." / "out")
+    assert_refused(code, err, first, second, "name the same path")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_naming_the_path_of_a_default_one_is_refused(writer, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, err = writer("interpolate", "--gif", "interpolation.png")  # --out defaults to interpolation.png
+    assert_refused(code, err, "--out and --gif name the same path")
+    assert not any(tmp_path.glob("interpolation*"))
 
 
 @pytest.mark.parametrize(

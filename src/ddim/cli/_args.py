@@ -16,7 +16,30 @@ DEFAULT_MODEL = "mnist"  # the shipped model (docs/models/mnist.md)
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line."""
+    """argparse that reports a bad command line in one line, and refuses two outputs (`output_file`,
+    `output_folder` options, given or by default) naming one path: one would overwrite the other."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.outputs: list[argparse.Action] = []
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        if kwargs.get("type") in (output_file, output_folder):
+            self.outputs.append(action)
+        return action
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        namespace, extras = super().parse_known_args(args, namespace)
+        named: dict[Path, str] = {}
+        for action in self.outputs:
+            path = getattr(namespace, action.dest, None)
+            if path is None:
+                continue
+            option = "/".join(action.option_strings)
+            if (other := named.setdefault(Path(path).resolve(), option)) != option:
+                self.error(f"{other} and {option} name the same path, {path}: one would overwrite the other")
+        return namespace, extras
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
