@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -223,7 +224,9 @@ def read_torch_file(path: str | os.PathLike) -> object:
     A pickle that names any other object (one that would run code when loaded) is refused.
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a pickle of another protocol: the error below says enough
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
         raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from None
     # Not a blanket default: a damaged file makes torch's unpickler fail with almost any
@@ -232,6 +235,10 @@ def read_torch_file(path: str | os.PathLike) -> object:
         _, marker, rest = str(e).partition("WeightsUnpickler error:")
         if isinstance(e, pickle.UnpicklingError) and marker:  # torch's own refusal, many lines long
             why = rest.strip().splitlines()[0].split(". ")[0] if rest.strip() else "no reason given"
+            if why.startswith("Unsupported operand"):  # a pickle opcode torch.save never writes
+                raise CheckpointError(
+                    f"{path} is not a PyTorch checkpoint: a pickle that torch.save did not write ({why})"
+                ) from None
             raise CheckpointError(
                 f"{path}: refused by torch.load(weights_only=True): the pickle holds more than tensors "
                 f"and plain containers, and loading it could run code ({why})"

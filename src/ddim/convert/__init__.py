@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from ddim.checkpoint import CheckpointError, read_metadata
+from ddim.checkpoint import CheckpointError, builtin_names, read_metadata
 from ddim.convert import diffusers, official
 from ddim.models import Model
 
@@ -39,6 +39,10 @@ def detect(path: str | os.PathLike) -> Format:
             f"{path} is a folder but not a diffusers model (no config.json or model_index.json); "
             "a ddim checkpoint is a .safetensors file"
         )
+    if not path.exists():
+        if str(path) in builtin_names():
+            raise CheckpointError(f"{path} is a built-in model, in ddim's format already: use it by name")
+        raise CheckpointError(f"no such file or folder: {path}")
     if path.suffix == ".safetensors":
         return "ddim"
     if path.suffix in official.SUFFIXES:
