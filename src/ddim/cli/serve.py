@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
+import socket
 
 from ddim.checkpoint import load
 from ddim.cli._args import device_arg, int_at_least
@@ -67,11 +69,25 @@ def run(args: argparse.Namespace) -> int:
         max_n=args.max_n, max_steps=args.max_steps, max_frames=args.max_frames,
         max_upload_bytes=args.max_upload_kb * 1024, max_queue=args.max_queue,
     )  # fmt: skip
-    model = load(args.model, device=args.device)
-    if not _is_loopback(args.host):
-        print(f"warning: serving on {args.host}: anyone who can reach this machine can use the model")
-    uvicorn.run(create_app(model, limits, name=str(args.model)), host=args.host, port=args.port)
+    with listen(args.host, args.port) as sock:  # first: a busy port is said before the model loads
+        model = load(args.model, device=args.device)
+        if not _is_loopback(args.host):
+            print(f"warning: serving on {args.host}: anyone who can reach this machine can use the model")
+        uvicorn.Server(uvicorn.Config(create_app(model, limits, name=str(args.model)))).run(sockets=[sock])
     return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on host:port (IPv6 if the host has a colon, as uvicorn binds), or a
+    one-line error naming the address: in use, not this machine's, unknown."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family)
+    except socket.gaierror as e:
+        raise ValueError(f"cannot listen on {host}:{port}: unknown host ({e.strerror})") from None
+    except OSError as e:
+        why = os.strerror(e.errno) if e.errno else str(e)  # create_server's message repeats the address
+        raise ValueError(f"cannot listen on {host}:{port}: {why}") from None
 
 
 def _is_loopback(host: str) -> bool:
