@@ -1,13 +1,16 @@
 """Bad input through the `ddim` command: one line naming the offending thing and exit 2, never a
 traceback, and nothing written earlier lost."""
 
+import errno
 import itertools
 import os
+import pickle
 import struct
 import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import ddim
 from ddim.io import save_npz
@@ -221,6 +224,29 @@ def test_a_bad_second_output_leaves_the_first_untouched(writer, tmp_path, comman
 
 
 @pytest.mark.parametrize(
+    ("command", "first", "second"),
+    [("sample", "--out", "--npz"), ("sample", "--npz", "--trajectory"), ("edit", "--compare", "--npz")],
+)
+def test_an_output_that_fails_to_write_takes_the_others_with_it(
+    writer, tmp_path, monkeypatch, command, first, second
+):
+    """The disk fills up while the second output is written: the first is not left behind alone."""
+    save = Image.Image.save
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if second == "--npz":
+        monkeypatch.setattr(np, "savez", full_disk)
+    else:  # --trajectory, a GIF
+        gif = lambda *a, **k: (full_disk if k.get("format") == "GIF" else save)(*a, **k)  # noqa: E731
+        monkeypatch.setattr(Image.Image, "save", gif)
+    code, err = writer(command, first, tmp_path / "first", second, tmp_path / "second")
+    assert_refused(code, err, f"cannot write {tmp_path / 'second'}: No space left on device")
+    assert not [p for p in tmp_path.iterdir() if "first" in p.name or "second" in p.name]
+
+
+@pytest.mark.parametrize(
     ("setting", "message"),
     [
         ("lr=inf", "lr must be a finite number, got inf"),
@@ -272,6 +298,22 @@ def test_convert_names_what_a_file_of_no_known_format_is(capsys, tmp_path):
     code, _, err = run_cli(capsys, "convert", tmp_path / "notes.txt", "--out", tmp_path / "x.safetensors")
     assert_refused(code, err, tmp_path / "notes.txt", "is not a readable safetensors file")
     assert "already a native ddim checkpoint" not in err
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("missing.ckpt", "no such file or folder: missing.ckpt"),
+        ("toy", "toy is a built-in model, in ddim's format already: use it by name"),
+        ("plain.pkl", "plain.pkl is not a PyTorch checkpoint: a pickle that torch.save did not write"),
+    ],
+)
+def test_convert_names_a_source_it_cannot_read(capsys, tmp_path, monkeypatch, source, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plain.pkl").write_bytes(pickle.dumps({"conv_in.weight": [1, 2]}, protocol=4))
+    code, _, err = run_cli(capsys, "convert", source, "--out", "x.safetensors")
+    assert_refused(code, err, f"ddim convert: error: {message}")  # one line: no torch warning before it
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def _unreadable(path):

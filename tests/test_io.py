@@ -19,6 +19,7 @@ from ddim.io import (
     save_png,
     save_trajectory_gif,
     to_uint8,
+    together,
 )
 
 
@@ -68,6 +69,30 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         assert atomic_write(tmp_path / "mode.bin", lambda f: None).stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(mask)
+
+
+def test_files_written_together_appear_all_at_the_end_or_none(tmp_path):
+    (tmp_path / "b.bin").write_bytes(b"old")
+    with together():
+        atomic_write(tmp_path / "a.bin", lambda f: f.write(b"a"))
+        atomic_write(tmp_path / "b.bin", lambda f: f.write(b"b"))
+        assert not (tmp_path / "a.bin").exists()  # not yet in place
+        assert (tmp_path / "b.bin").read_bytes() == b"old"
+    assert [(tmp_path / n).read_bytes() for n in ("a.bin", "b.bin")] == [b"a", b"b"]
+
+    def failing(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def write_both():
+        with together():
+            atomic_write(tmp_path / "c.bin", lambda f: f.write(b"c"))
+            atomic_write(tmp_path / "d.bin", failing)
+
+    with pytest.raises(OutputError, match=r"cannot write .*d\.bin: No space left on device"):
+        write_both()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.bin"]  # no c, no temporary files
+    atomic_write(tmp_path / "e.bin", lambda f: f.write(b"e"))  # outside the block: at once again
+    assert (tmp_path / "e.bin").read_bytes() == b"e"
 
 
 def test_trajectory_gif_has_a_frame_per_step_and_the_result(tmp_path):

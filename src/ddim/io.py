@@ -6,7 +6,9 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -49,8 +51,31 @@ def check_writable(path: str | os.PathLike, folder: bool = False) -> Path:
     return path
 
 
+_DEFERRED: ContextVar[list[tuple[str, Path]] | None] = ContextVar("ddim_io_deferred", default=None)
+
+
+@contextmanager
+def together() -> Iterator[None]:
+    """The files `atomic_write` writes inside the block go into place together when it ends, or,
+    if it raises, none of them does (files of the same names stay as they were): a command that
+    writes several outputs leaves all of them or none, even if the last one fails to write."""
+    pending: list[tuple[str, Path]] = []
+    token = _DEFERRED.set(pending)
+    try:
+        yield
+    except BaseException:
+        for tmp, _ in pending:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    finally:
+        _DEFERRED.reset(token)
+    for tmp, path in pending:
+        os.replace(tmp, path)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Write a file through `write(f)` into a temporary file beside it, then rename it into place.
+    """Write a file through `write(f)` into a temporary file beside it, then rename it into place
+    (inside `together()`, when the block ends).
 
     A crash or an error leaves either the old file or the new one, never a partial file.
     Missing parent folders are created. A failure to write is an OutputError naming `path`.
@@ -67,7 +92,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if (pending := _DEFERRED.get()) is None:
+            os.replace(tmp, path)
+        else:
+            pending.append((tmp, path))
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError) and not isinstance(e, OutputError):  # e.g. a full disk

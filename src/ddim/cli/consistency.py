@@ -11,7 +11,7 @@ from ddim.checkpoint import load
 from ddim.cli._args import eta_arg, int_at_least, int_list, output_file
 from ddim.cli._images import add_model_options, model_options
 from ddim.consistency import Consistency, consistency
-from ddim.io import make_grid, save_json, save_png, to_uint8
+from ddim.io import make_grid, save_json, save_png, to_uint8, together
 
 EXAMPLES = """examples:
   ddim consistency --model mnist --n 8 --out consistency.png
@@ -59,12 +59,13 @@ def run(args: argparse.Namespace) -> int:
     print(f"RMS pixel distance on [-1, 1] to the S = {args.reference} image of the same x_T ({args.n} x_T):")
     print(format_table(result))
     written = []
-    if args.out is not None:
-        written.append(save_png(figure(result), args.out))
-    if args.json is not None:
-        report = {"model": str(args.model), "n": args.n, "seed": args.seed, "reference": args.reference,
-                  "rows": [asdict(r) for r in result.rows]}  # fmt: skip
-        written.append(save_json(args.json, report))
+    with together():  # all outputs or none
+        if args.out is not None:
+            written.append(save_png(figure(result), args.out))
+        if args.json is not None:
+            report = {"model": str(args.model), "n": args.n, "seed": args.seed, "reference": args.reference,
+                      "rows": [asdict(r) for r in result.rows]}  # fmt: skip
+            written.append(save_json(args.json, report))
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -11,7 +11,7 @@ from ddim.checkpoint import load
 from ddim.cli._args import class_list, guidance_arg, int_at_least, output_file, output_folder
 from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
 from ddim.editing import EDIT_GUIDANCE, EDIT_METHODS, edit, edit_method
-from ddim.io import check_writable, make_grid, save_png, save_samples, to_uint8
+from ddim.io import check_writable, make_grid, save_png, save_samples, to_uint8, together
 
 EDIT_MODEL = "mnist-cond"  # the shipped class-conditional model (docs/models/mnist-cond.md)
 EXAMPLES = """examples:
@@ -107,12 +107,12 @@ def run(args: argparse.Namespace) -> int:
         **model_options(args),
     )  # fmt: skip
     seconds = time.perf_counter() - start
-    written = save_samples(x, grid=out, out_dir=args.out_dir, npz=args.npz)
-    if args.compare is not None:
-        scale = max(1, 56 // x0.shape[-1])
-        written.append(
-            save_png(make_grid(to_uint8(torch.cat([x0, x])), nrow=len(x0), scale=scale), args.compare)
-        )
+    with together():  # all outputs or none
+        written = save_samples(x, grid=out, out_dir=args.out_dir, npz=args.npz)
+        if args.compare is not None:
+            scale = max(1, 56 // x0.shape[-1])
+            grid = make_grid(to_uint8(torch.cat([x0, x])), nrow=len(x0), scale=scale)
+            written.append(save_png(grid, args.compare))
     how = {"inversion": "inversion", "sdedit": "SDEdit"}[method]
     how += "" if args.strength is None else f", strength {args.strength:g}"
     print(f"{len(x)} images edited ({how}, w = {args.guidance:g}, {args.steps} steps) in {seconds:.1f} s")

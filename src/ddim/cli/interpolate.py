@@ -14,7 +14,7 @@ from ddim.cli._args import int_at_least, int_list, output_file
 from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
 from ddim.interpolation import interpolate
 from ddim.inversion import invert
-from ddim.io import make_grid, save_gif, save_png, to_uint8
+from ddim.io import make_grid, save_gif, save_png, to_uint8, together
 from ddim.models import Model
 from ddim.sampling import seeded_latents
 from ddim.schedule import timesteps
@@ -62,10 +62,11 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     images = to_uint8(frames)  # (num, H, W, C)
     scale = max(1, 56 // images.shape[1])
-    written = [save_png(make_grid(images, nrow=len(images), scale=scale), args.out)]
-    if args.gif is not None:
-        big = [make_grid(img[None], scale=scale * 2, pad=0) for img in images]
-        written.append(save_gif([*big, *big[-2:0:-1]], args.gif, ms=120, hold_ms=600))
+    with together():  # all outputs or none
+        written = [save_png(make_grid(images, nrow=len(images), scale=scale), args.out)]
+        if args.gif is not None:
+            big = [make_grid(img[None], scale=scale * 2, pad=0) for img in images]
+            written.append(save_gif([*big, *big[-2:0:-1]], args.gif, ms=120, hold_ms=600))
     print(f"{args.num} images, {len(seq)} steps, {seconds:.1f} s")
     for path in written:
         print(f"wrote {path}")

@@ -12,7 +12,7 @@ from ddim.checkpoint import load
 from ddim.cli._args import int_at_least, int_list, output_file
 from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
 from ddim.inversion import PAPER_TABLE2, ReconstructionError, reconstruction_errors
-from ddim.io import atomic_write, make_grid, save_json, save_png, to_uint8
+from ddim.io import atomic_write, make_grid, save_json, save_png, to_uint8, together
 
 EXAMPLES = """examples:
   ddim reconstruct --model mnist --images mnist.npz --limit 500 --steps 10,20,50,100
@@ -56,19 +56,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"reconstruction MSE per dimension on [-1, 1] data, {len(x0)} images of {source}:")
     print(format_table(rows))
     written = []
-    if args.out is not None:
-        originals = x0[:keep].unsqueeze(0)  # (1, keep, C, H, W)
-        stacked = torch.cat([originals, torch.stack([r.examples for r in rows])])  # (1 + len(S), keep, ...)
-        scale = max(1, 56 // x0.shape[-1])
-        written.append(save_png(make_grid(to_uint8(stacked.flatten(0, 1)), nrow=keep, scale=scale), args.out))
-    if args.csv is not None:
-        written.append(atomic_write(args.csv, lambda f: f.write(to_csv(rows).encode())))
-    if args.json is not None:
-        report = {
-            "model": str(args.model), "images": source, "n": len(x0), "spacing": args.spacing,
-            "rows": [as_dict(r) for r in rows],
-        }  # fmt: skip
-        written.append(save_json(args.json, report))
+    with together():  # all outputs or none
+        if args.out is not None:
+            originals = x0[:keep].unsqueeze(0)  # (1, keep, C, H, W)
+            stacked = torch.cat([originals, torch.stack([r.examples for r in rows])])  # (1 + len(S), keep, …)
+            grid = make_grid(to_uint8(stacked.flatten(0, 1)), nrow=keep, scale=max(1, 56 // x0.shape[-1]))
+            written.append(save_png(grid, args.out))
+        if args.csv is not None:
+            written.append(atomic_write(args.csv, lambda f: f.write(to_csv(rows).encode())))
+        if args.json is not None:
+            report = {
+                "model": str(args.model), "images": source, "n": len(x0), "spacing": args.spacing,
+                "rows": [as_dict(r) for r in rows],
+            }  # fmt: skip
+            written.append(save_json(args.json, report))
     for path in written:
         print(f"wrote {path}")
     return 0

@@ -27,7 +27,7 @@ from ddim.cli._args import (
 )
 from ddim.cli._images import read_latents
 from ddim.guidance import conditioning
-from ddim.io import check_writable, save_samples, save_trajectory_gif
+from ddim.io import check_writable, save_samples, save_trajectory_gif, together
 from ddim.models import Model
 from ddim.sampling import SAMPLERS, sample
 from ddim.schedule import SPACINGS, custom_timesteps, timesteps
@@ -203,16 +203,17 @@ def run(args: argparse.Namespace) -> int:
             return_trajectory=args.trajectory is not None, **options,
         )  # fmt: skip
         x, trajectory = result if isinstance(result, tuple) else (result, None)
-    written = save_samples(x, out_dir=args.out_dir, first_index=shard.start) if args.out_dir else []
-    if out is not None or args.npz is not None:
-        x = distributed.gather_to_main(x)  # all n samples on rank 0, None elsewhere
-    distributed.barrier()
-    seconds = time.perf_counter() - start
-    if not main:
-        return 0
-    written += save_samples(x, grid=out, npz=args.npz, nrow=args.nrow)
-    if trajectory is not None:
-        written.append(save_trajectory_gif(trajectory, args.trajectory, nrow=args.nrow))
+    with together():  # all outputs or none
+        written = save_samples(x, out_dir=args.out_dir, first_index=shard.start) if args.out_dir else []
+        if out is not None or args.npz is not None:
+            x = distributed.gather_to_main(x)  # all n samples on rank 0, None elsewhere
+        distributed.barrier()
+        seconds = time.perf_counter() - start
+        if not main:
+            return 0
+        written += save_samples(x, grid=out, npz=args.npz, nrow=args.nrow)
+        if trajectory is not None:
+            written.append(save_trajectory_gif(trajectory, args.trajectory, nrow=args.nrow))
     print(f"{n} samples, {len(seq)} steps, {seconds:.1f} s ({seconds / len(seq):.3f} s/step)")
     for path in written:
         print(f"wrote {path}")
