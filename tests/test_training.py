@@ -192,7 +192,15 @@ def test_cli_never_overwrites_a_run_and_resume_checks_settings(tmp_path, dataset
     assert code == 2
     assert "cannot resume" in err
     assert "lr=0.5" in err
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--config", config_file, "--quiet")
+    assert (code, err.count("\n")) == (2, 1)
+    assert "--config does not apply to --resume" in err
+    for steps in (tiny_config(dataset).steps, 1):  # a finished run, or steps it has passed
+        code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--steps", steps, "--quiet")
+        assert (code, err.count("\n")) == (2, 1)
+        assert f"steps={steps}: nothing to train" in err
     assert (out / "model.safetensors").read_bytes() == before
+    assert (out / "config.toml").read_text() == config_file.read_text()
     code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--steps", "8", "--quiet")
     assert code == 0, err
     assert ddim.load(out / "model.safetensors").info["step"] == 8

@@ -46,7 +46,7 @@ class RunFolder:
             )
 
     def check_resume(self, config: TrainConfig) -> None:
-        """A resumed run may only change the settings in RESUMABLE, and needs a checkpoint."""
+        """A resumed run may only change the settings in RESUMABLE, and needs a checkpoint before `steps`."""
         saved = self.saved_config().to_dict()
         changed = [k for k, v in config.to_dict().items() if saved[k] != v and k not in RESUMABLE]
         if changed:
@@ -57,6 +57,11 @@ class RunFolder:
             )
         if not self.steps():
             raise ValueError(f"{self.path} has no checkpoint yet; start it again without --resume")
+        if (latest := self.steps()[-1]) >= config.steps:
+            raise ValueError(
+                f"{self.path} is at step {latest}, and steps={config.steps}: nothing to train "
+                f"(give a larger --steps to extend the run)"
+            )
 
     def write_config(self, config: TrainConfig) -> None:
         atomic_write(self.path / "config.toml", lambda f: f.write(to_toml(config.to_dict()).encode()))

@@ -87,6 +87,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """Defaults ← the run's saved config (--resume) or --config ← flags ← --set."""
     if args.resume:
+        if args.config is not None:  # its settings would be silently ignored, or refused one by one
+            raise ValueError("--config does not apply to --resume: the run's saved config is used")
         settings = RunFolder(args.out).saved_config().to_dict()
     else:
         settings = load_toml(args.config) if args.config else {}
