@@ -40,8 +40,7 @@ def test_a_shipped_model_matches_its_recipe(name, parameters, classes):
 @pytest.mark.parametrize(
     "name",
     [
-        shipped("mnist", marks=[pytest.mark.xfail(
-            strict=True, reason="the 12,000-step model: 86.7 % confident samples (docs/models/mnist.md)")]),
+        shipped("mnist"),  # 90.9 % (docs/models/mnist.md)
         shipped("mnist-cond", marks=[pytest.mark.xfail(
             strict=True, reason="its null class: 84.2 % confident samples (docs/models/mnist-cond.md)")]),
     ],

@@ -52,7 +52,7 @@ class TrainConfig:
     num_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    steps: int = 12000  # optimizer steps
+    steps: int = 30000  # optimizer steps
     batch_size: int = 64
     lr: float = 1e-3  # peak learning rate (AdamW)
     warmup_steps: int = 200  # linear warm-up from 0

@@ -14,7 +14,7 @@ from ddim.training import train
 TRAIN_EXAMPLES = """examples:
   ddim train --data mnist.npz --out runs/mnist          the shipped MNIST recipe (the defaults)
   ddim train --data photos/ --out runs/cats --config cifar.toml --set net.resolution=64
-  ddim train --out runs/mnist --resume --steps 12000    continue (and extend) a run
+  ddim train --out runs/mnist --resume --steps 40000    continue (and extend) a run
   ddim train --data mnist.npz --out runs/x --dry-run    print the resolved config
   ddim train --data mnist.npz --out runs/mnist-cond --conditional   class-conditional (labels: y_train)
 
