@@ -86,7 +86,8 @@ def fit_images(x: Tensor, resolution: int, fit: Fit = "pad") -> Tensor:
     if fit == "pad":
         if h > resolution or w > resolution:
             raise DataError(
-                f"images of {h}×{w} do not fit in {resolution}×{resolution} by padding; use fit 'resize'"
+                f"images of {h}×{w} do not fit in {resolution}×{resolution} by padding; "
+                "use fit 'resize' (--fit resize)"
             )
         top, left = (resolution - h) // 2, (resolution - w) // 2
         padding = (left, resolution - w - left, top, resolution - h - top)
