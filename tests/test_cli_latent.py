@@ -115,6 +115,10 @@ def test_interpolate_between_images_and_consistency_run(cli, tmp_path, tiny_chec
         (["interpolate"], "give either --seeds A,B or --images"),
         (["interpolate", "--seeds", "1,2,3"], "two non-negative integers"),
         (["interpolate", "--images", "{digits}", "--indices", "0,99"], "holds only 10 images"),
+        (
+            ["interpolate", "--images", "{digits}", "{digits}", "--indices", "0,1"],
+            "--indices picks two images of one",
+        ),
         (["consistency", "--etas", "0,2"], "argument --etas: must be in [0, 1]"),
         (["consistency", "--reference", "101"], r"steps must be an integer in [1, 100]"),
     ],

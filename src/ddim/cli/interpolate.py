@@ -39,7 +39,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int_list, default=None, help="two seeds A,B: the x_T of sample 0 of each")
     add_image_options(p, required=False, nargs="+")
     p.add_argument(
-        "--indices", type=int_list, default=[0, 1], help="with one --images source: which two (default: 0,1)"
+        "--indices", type=int_list, default=None, help="with one --images source: which two (default: 0,1)"
     )
     p.add_argument(
         "--num", type=int_at_least(2), default=11, help="images along the path, ends included (default: 11)"
@@ -85,13 +85,16 @@ def _endpoints(args: argparse.Namespace, model: Model, seq: Tensor) -> tuple[Ten
     if len(args.images) > 2:
         raise ValueError(f"--images takes one source or two image files, got {len(args.images)}")
     if len(args.images) == 2:
+        if args.indices is not None:
+            raise ValueError("--indices picks two images of one --images source; two files are used whole")
         x0 = torch.cat([read_images(args, model, path)[:1] for path in args.images])
     else:
-        if len(args.indices) != 2 or min(args.indices) < 0:
-            raise ValueError(f"--indices needs two non-negative integers I,J, got {args.indices}")
-        x = read_images(args, model, args.images[0], limit=max(args.indices) + 1)
-        if len(x) <= max(args.indices):
-            raise ValueError(f"--indices {args.indices}: {args.images[0]} holds only {len(x)} images")
-        x0 = x[np.array(args.indices)]
+        indices = [0, 1] if args.indices is None else args.indices
+        if len(indices) != 2 or min(indices) < 0:
+            raise ValueError(f"--indices needs two non-negative integers I,J, got {indices}")
+        x = read_images(args, model, args.images[0], limit=max(indices) + 1)
+        if len(x) <= max(indices):
+            raise ValueError(f"--indices {indices}: {args.images[0]} holds only {len(x)} images")
+        x0 = x[np.array(indices)]
     x_T = invert(model, x0, timesteps=seq, **model_options(args))
     return x_T[0], x_T[1]
