@@ -165,6 +165,8 @@ def test_unknown_net_type_and_bad_config(tiny_checkpoint, tmp_path):
     [
         ({"image_shape": [3, 8, 8]}, r"image_shape \[3, 8, 8\] is not the network's input shape \[1, 8, 8\]"),
         ({"image_shape": [1, 7, 7]}, r"image_shape \[1, 7, 7\] is not the network's input shape"),
+        ({"image_shape": 28}, "image_shape must be a list of positive integers, got 28"),
+        ({"image_shape": [1, "8", 8]}, r"image_shape must be a list of positive integers, got \[1, '8', 8\]"),
         ({"image_shape": [1, 16, 16]}, r"image_shape \[1, 16, 16\] is not the network's input shape"),
         ({"net": 5}, "unknown net type 5"),
         ({"net": "unet"}, "unknown net type 'unet': net must be a table of settings"),

@@ -182,7 +182,10 @@ def load_native(path: str | os.PathLike) -> Model:
         if kind not in _NETS:
             raise ValueError(f"unknown net type {kind!r} (known: {', '.join(_NETS)})")
         net = _NETS[kind](net_cfg, schedule)
-        shape, info, names = tuple(meta["image_shape"]), meta.get("info") or {}, meta.get("class_names", [])
+        shape, info, names = meta["image_shape"], meta.get("info") or {}, meta.get("class_names", [])
+        if not (isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape)):
+            raise ValueError(f"image_shape must be a list of positive integers, got {shape!r}")
+        shape = tuple(shape)
         model = Model(net, schedule, shape, meta["prediction"], info, tuple(names))
         takes = _INPUT_SHAPES[kind](net.config)
         if model.image_shape != takes:
