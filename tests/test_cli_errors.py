@@ -357,3 +357,12 @@ def test_an_image_past_pillows_pixel_limits_is_refused_in_one_line(capsys, tmp_p
     code, _, err = run_cli(capsys, "invert", "--model", tiny_checkpoint, "--images", tmp_path / "huge.png",
                            "--out", tmp_path / "l.npz", "--quiet")  # fmt: skip
     assert_refused(code, err, f"{tmp_path / 'huge.png'}: cannot read this image", "exceeds limit")
+
+
+def test_class_dropout_without_a_conditional_run_is_refused(capsys):
+    code, _, err = run_cli(capsys, "train", *REQUIRED["train"], "--data", "x.npz", "--class-dropout", "0.3")
+    assert_refused(code, err, "--class-dropout applies to conditional runs only")
+    code, out, err = run_cli(capsys, "train", *REQUIRED["train"], "--data", "x.npz", "--class-dropout", "0.3",
+                             "--conditional")  # fmt: skip
+    assert code == 0, err
+    assert '"class_dropout": 0.3' in out

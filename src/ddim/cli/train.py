@@ -96,6 +96,8 @@ def resolve_config(args: argparse.Namespace) -> TrainConfig:
         if getattr(args, flag) is not None:
             settings[key] = getattr(args, flag)
     config = TrainConfig.from_dict(apply_assignments(settings, args.set))
+    if args.class_dropout is not None and not config.conditional:
+        raise ValueError("--class-dropout applies to conditional runs only (add --conditional)")
     if not config.data:
         raise ValueError("no training data: give --data (an .npz or an image folder)")
     return config
