@@ -77,7 +77,9 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="inversion or sdedit (default: sdedit with --strength, inversion without)",
     )
     p.add_argument("--steps", type=int_at_least(1), default=50, help="steps S (default: 50)")
-    p.add_argument("--seed", type=int_at_least(0), default=0, help="SDEdit noise of image i: (SEED, i)")
+    p.add_argument(
+        "--seed", type=int_at_least(0), default=0, help="SDEdit noise of image i: (SEED, i) (default: 0)"
+    )
     p.add_argument(
         "--out", type=output_file, default=None, help="grid PNG of the edits (default: edited.png)"
     )

@@ -31,7 +31,12 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     add_image_options(p)
     p.add_argument("--steps", type=int_at_least(1), default=50, help="steps S (default: 50)")
-    p.add_argument("--out", type=output_file, default="latents.npz", help="(default: latents.npz)")
+    p.add_argument(
+        "--out",
+        type=output_file,
+        default="latents.npz",
+        help="the latents x_T (.npz, for sample --latents; default: latents.npz)",
+    )
     add_model_options(p)
     p.set_defaults(func=run)
 

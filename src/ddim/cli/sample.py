@@ -63,7 +63,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--n",
         type=int_at_least(1),
         default=None,
-        help="number of samples (default: 16, or all --latents)",
+        help="number of samples (default: 16, all --latents, or one per class of a --class list)",
     )
     p.add_argument(
         "--latents",
