@@ -296,6 +296,7 @@ def big_png(side: int) -> bytes:
     [
         ("", b"", 422, "body: empty upload"),
         ("", b"not an image at all", 422, "body: not an image"),
+        ("", b"--boundary\r\nContent-Disposition: form-data", 422, "body: not an image"),
         ("", big_png(8)[:40], 422, "body: "),  # truncated
         ("", big_png(65), 422, "body: the image has 65×65 pixels"),
         ("", b"\0" * (LIMITS.max_upload_bytes + 1), 413, "the upload has"),
@@ -308,6 +309,7 @@ def test_bad_uploads_get_their_4xx(client, query, body, status, start):
     r = client.post(f"/api/invert{query}", content=body)
     assert r.status_code == status
     assert r.json()["message"].startswith(start)
+    assert ("not a form" in r.json()["message"]) == body.startswith(b"--")  # a multipart upload is told
 
 
 @needs_issue4

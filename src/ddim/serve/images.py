@@ -52,7 +52,13 @@ def decode_upload(data: bytes, shape: tuple[int, ...], max_pixels: int) -> Tenso
     except BadImage:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImage(f"not an image file the server can read ({type(e).__name__})") from None
+        form = data.lstrip().startswith(b"--")  # multipart/form-data: the file inside a form
+        hint = (
+            "; send the file's bytes as the request body (curl --data-binary @file), not a form"
+            if form
+            else ""
+        )
+        raise BadImage(f"not an image file the server can read ({type(e).__name__}){hint}") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt files, by PIL's plugins
         raise BadImage(f"a damaged image file: {e}") from None
     array = np.asarray(image, dtype=np.float32).reshape(height, width, channels)  # (H, W, C)
