@@ -188,13 +188,16 @@ def test_weights_that_do_not_fit_the_config(tiny_checkpoint):
     _expect_error(tiny_checkpoint, r"missing \['net.conv_out.bias'\]")
 
 
-def test_wrong_shape_and_nan_weights(tmp_path, tiny_model):
+def test_wrong_shape_integer_and_nan_weights(tmp_path, tiny_model):
     a = ddim.save(tiny_model, tmp_path / "a.safetensors")
     _rewrite(a, edit_tensors=lambda t: t.update({"net.conv_out.bias": torch.zeros(5)}))
     _expect_error(a, "net.conv_out.bias has shape")
     b = ddim.save(tiny_model, tmp_path / "b.safetensors")
     _rewrite(b, edit_tensors=lambda t: t["net.conv_in.weight"].view(-1).__setitem__(0, float("nan")))
     _expect_error(b, "NaN")
+    c = ddim.save(tiny_model, tmp_path / "c.safetensors")
+    _rewrite(c, edit_tensors=lambda t: t.update({"net.conv_in.weight": t["net.conv_in.weight"].int()}))
+    _expect_error(c, "net.conv_in.weight holds torch.int32 values, the architecture needs floating point")
 
 
 def test_header_is_plain_json_no_code(tiny_checkpoint):

@@ -194,15 +194,16 @@ def load_native(path: str | os.PathLike) -> Model:
         missing = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"{path}: invalid checkpoint config: {missing}") from None
     state = {k: v for k, v in tensors.items() if k.startswith("net.")}
-    check_weights(state, {f"net.{k}": v.shape for k, v in net.state_dict().items()}, path)
+    check_weights(state, {f"net.{k}": v for k, v in net.state_dict().items()}, path)
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
     return Model(net.eval(), schedule, model.image_shape, model.prediction, model.info, model.class_names)
 
 
 def check_weights(
-    state: dict[str, torch.Tensor], expected: dict[str, torch.Size], where: str | os.PathLike
+    state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], where: str | os.PathLike
 ) -> None:
-    """Refuse weights whose names or shapes differ from `expected`, or that hold NaN/inf.
+    """Refuse weights whose names or shapes differ from `expected` (the architecture's own tensors),
+    that are integers where it holds floating point, or that hold NaN/inf.
 
     Both dicts use the names as they appear in the file, so the message names what the user has.
     """
@@ -213,9 +214,13 @@ def check_weights(
             f"unexpected {_few(unexpected)}"
         )
     for k, v in state.items():
-        if v.shape != expected[k]:
+        if v.shape != expected[k].shape:
             raise CheckpointError(
-                f"{where}: {k} has shape {tuple(v.shape)}, the architecture needs {tuple(expected[k])}"
+                f"{where}: {k} has shape {tuple(v.shape)}, the architecture needs {tuple(expected[k].shape)}"
+            )
+        if expected[k].is_floating_point() and not v.is_floating_point():
+            raise CheckpointError(
+                f"{where}: {k} holds {v.dtype} values, the architecture needs floating point"
             )
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise CheckpointError(f"{where}: {k} holds NaN or infinite values")

@@ -63,12 +63,14 @@ def load_folder(path: str | os.PathLike) -> Model:
     unet_dir, scheduler_file = locate(path)
     config = config_from_diffusers(_read_json(unet_dir / "config.json"), unet_dir / "config.json")
     net = UNet(config)
-    theirs = {our_key_to_theirs(k, len(config.ch_mult)): (k, v.shape) for k, v in net.state_dict().items()}
+    theirs = {our_key_to_theirs(k, len(config.ch_mult)): (k, v) for k, v in net.state_dict().items()}
     state = _read_weights(unet_dir)
-    expected = {k: shape[:2] if _is_attn_linear(k) else shape for k, (_, shape) in theirs.items()}
+    expected = {
+        k: v.flatten(1) if _is_attn_linear(k) else v for k, (_, v) in theirs.items()
+    }  # (C, C, 1, 1) → (C, C)
     check_weights(state, expected, unet_dir)
     ours = {
-        theirs[k][0]: v.reshape(theirs[k][1]) for k, v in state.items()
+        theirs[k][0]: v.reshape(theirs[k][1].shape) for k, v in state.items()
     }  # attention (C, C) → (C, C, 1, 1)
     net.load_state_dict(ours)
 

@@ -48,7 +48,7 @@ def load_file(path: str | os.PathLike, *, resolution: int | None = None) -> Mode
     state, entry = select_state(read_torch_file(path), path)
     config, arch = infer_config(state, path, resolution)
     net = UNet(config)
-    check_weights(state, {k: v.shape for k, v in net.state_dict().items()}, path)
+    check_weights(state, net.state_dict(), path)
     net.load_state_dict(state)
     info = {
         "imported_from": str(path),

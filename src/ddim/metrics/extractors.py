@@ -129,7 +129,7 @@ def _mnist(weights: str | os.PathLike | None, device: torch.device) -> Extractor
         raise FileNotFoundError(f"no MNIST classifier weights at {path}")
     net = MnistNet()
     state = read_safetensors(path)
-    check_weights(state, {k: v.shape for k, v in net.state_dict().items()}, path)
+    check_weights(state, net.state_dict(), path)
     net.load_state_dict(state)
     digest = sha1_of(path)
     net = net.to(device).eval()
