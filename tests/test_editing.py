@@ -193,6 +193,8 @@ def test_cli_edit_writes_what_the_api_computes(tmp_path, capsys, files, glyph_mo
         (["--to-class", "1,2"], "one class for all 1 samples or one per sample, got 2"),
         (["--to-class", "1", "--strength", "0.5", "--from-class", "0"], "SDEdit (strength) does not use it"),
         (["--to-class", "1", "--method", "sdedit"], "SDEdit needs a strength"),
+        (["--to-class", "1", "--seed", "5"], "--seed sets SDEdit's noise; inversion is deterministic"),
+        (["--to-class", "1", "--strength", "0.5", "--method", "inversion", "--seed", "5"], "--seed sets"),
         (["--to-class", "1", "--strength", "0.05", "--steps", "10"], "so nothing would be edited"),
     ],
 )

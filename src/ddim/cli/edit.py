@@ -78,7 +78,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--steps", type=int_at_least(1), default=50, help="steps S (default: 50)")
     p.add_argument(
-        "--seed", type=int_at_least(0), default=0, help="SDEdit noise of image i: (SEED, i) (default: 0)"
+        "--seed", type=int_at_least(0), default=None, help="SDEdit noise of image i: (SEED, i) (default: 0)"
     )
     p.add_argument(
         "--out", type=output_file, default=None, help="grid PNG of the edits (default: edited.png)"
@@ -96,6 +96,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     method = edit_method(args.method, args.strength, args.from_class)  # refused before loading anything
+    if args.seed is not None and method != "sdedit":
+        raise ValueError("--seed sets SDEdit's noise; inversion is deterministic and draws none")
     model = load(args.model)
     if model.num_classes is None:
         raise ValueError(f"--to-class needs a class-conditional model; {args.model} is unconditional")
@@ -105,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     x = edit(
         model, x0, args.to_class, guidance=args.guidance, strength=args.strength, method=args.method,
-        from_class=args.from_class, steps=args.steps, spacing=args.spacing, seed=args.seed,
+        from_class=args.from_class, steps=args.steps, spacing=args.spacing, seed=args.seed or 0,
         **model_options(args),
     )  # fmt: skip
     seconds = time.perf_counter() - start
