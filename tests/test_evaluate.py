@@ -230,3 +230,17 @@ def test_an_ode_solver_sweeps_steps_alone(capsys, setup, tiny_checkpoint, make_e
     code, _, err = run_cli(capsys, "evaluate", *args)
     assert code == 2
     assert "another sampler ('ddim', now 'unipc')" in err
+
+
+def test_a_cell_with_a_non_finite_number_survives_the_results_file(tmp_path):
+    """JSON has no NaN: save_json writes null, and reading it back gives NaN again."""
+    import math
+
+    from ddim.evaluate import Cell, load_results, save_results
+
+    cell = Cell(10, 0.0, 0, 2, math.nan, 1.5, 0.0, 1.0, 0.1)
+    path = save_results(tmp_path / "results.json", {"model": "m"}, {cell.key: cell})
+    assert '"fid": null' in path.read_text()
+    (loaded,) = load_results(path, {"model": "m"}).values()
+    assert math.isnan(loaded.fid)
+    assert (loaded.steps, loaded.kid, loaded.sample_seconds) == (10, 1.5, 1.0)

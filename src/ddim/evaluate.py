@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -181,7 +182,9 @@ def load_results(path: Path, identity: dict) -> dict[str, Cell]:
         return {}
     try:
         saved = json.loads(path.read_text())
-        cells = [Cell(**c) for c in saved["cells"]]
+        cells = [
+            Cell(**{k: math.nan if v is None else v for k, v in c.items()}) for c in saved["cells"]
+        ]  # null: NaN
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: not a results file of `ddim evaluate` ({e})") from None
     for field, value in identity.items():
