@@ -171,6 +171,12 @@ def test_table_layout_and_eta_parsing():
         sweep.SweepConfig(n=1)
 
 
+def test_the_plot_labels_only_the_minor_ticks_two_and_five():
+    values = [2, 3, 4, 5, 6, 9, 20, 30, 50, 70, 200, 500, 0.2, 0.5, 0.3]
+    labels = [sweep._two_and_five(v, None) for v in values]
+    assert labels == ["2", "", "", "5", "", "", "20", "", "50", "", "200", "500", "0.2", "0.5", ""]
+
+
 @pytest.mark.slow
 @needs_builtin("mnist")
 @needs_mnist

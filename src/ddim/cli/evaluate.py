@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     print(sweep.format_table(cells, "kid"))
     sweep.write_csv(cells, args.out / "results.csv")
     title = (f"{Path(str(args.model)).name}: FID vs steps ({config.sampler}, {config.spacing}, "
-             f"{extractor.name} features, n = {config.n})")  # fmt: skip
+             f"{extractor.name} features, n = {config.n}, {config.precision})")  # fmt: skip
     sweep.plot_fid(cells, args.out / "fid.png", title=title)
     print(f"wrote {args.out / 'results.json'}, {args.out / 'results.csv'}, {args.out / 'fid.png'}")
     return 0
