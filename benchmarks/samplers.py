@@ -329,6 +329,8 @@ def plot(results: list[dict], metric: str, grid: Grid, path: Path, label: Callab
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FormatStrFormatter, FuncFormatter, NullFormatter, NullLocator
 
+    from ddim.evaluate import minor_tick_label
+
     rows, cols = len(results), len(grid.spacings)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False, sharey="row")
     for r, result in enumerate(results):
@@ -354,7 +356,7 @@ def plot(results: list[dict], metric: str, grid: Grid, path: Path, label: Callab
                 ax.set_xlabel("network evaluations (NFE)")
             if s == 0:
                 ax.set_ylabel(LABELS[metric])
-    some_minor = FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "235" else "")
+    some_minor = FuncFormatter(lambda value, _: minor_tick_label(value, (2, 3, 5)))
     for ax in axes.flat:  # little more than a decade shown: label the minor ticks 2, 3, 5 too
         low, high = ax.get_ylim()
         ax.yaxis.set_minor_formatter(some_minor if high / low < 30 else NullFormatter())

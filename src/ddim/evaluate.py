@@ -268,10 +268,9 @@ def write_csv(cells: Sequence[Cell], path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
-def _two_and_five(value: float, _position: object) -> str:
-    """A label for the minor ticks 2·10ᵏ and 5·10ᵏ of a log axis only (all eight crowd each other)."""
-    mantissa = value / 10 ** math.floor(math.log10(value))
-    return f"{value:g}" if round(mantissa) in (2, 5) else ""
+def minor_tick_label(value: float, mantissas: tuple[int, ...] = (2, 5)) -> str:
+    """The label of a minor tick m·10ᵏ of a log axis, only for m in `mantissas` (all eight crowd)."""
+    return f"{value:g}" if round(value / 10 ** math.floor(math.log10(value))) in mantissas else ""
 
 
 def plot_fid(cells: Sequence[Cell], path: str | os.PathLike, title: str = "") -> Path:
@@ -292,7 +291,7 @@ def plot_fid(cells: Sequence[Cell], path: str | os.PathLike, title: str = "") ->
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     for axis in (ax.xaxis, ax.yaxis):  # 10, 20, 50 rather than 10¹, 2×10¹, 5×10¹
         axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_two_and_five))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: minor_tick_label(value)))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     buffer = io.BytesIO()
