@@ -260,8 +260,7 @@ def test_trajectory_and_progress_callbacks(tiny_model, sampler):
     assert traj.x0.shape == (4, 3, 1, 8, 8)
     torch.testing.assert_close(traj.xt[-1], x)
     assert [s.index for s in seen] == [0, 1, 2, 3]
-    if sampler != "plms":  # the step to clean data is first order: the network's x̂_0
-        torch.testing.assert_close(traj.x0[-1], x)
+    torch.testing.assert_close(traj.x0[-1], x)  # the step to clean data is first order: the network's x̂_0
 
 
 @pytest.mark.parametrize("sampler", SOLVERS)

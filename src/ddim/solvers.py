@@ -43,7 +43,11 @@ Runge–Kutta steps of 4 network evaluations each (12 NFE for 3 steps); here the
 lower-order Adams–Bashforth combinations instead — DDIM, (3 ε̂_0 − ε̂_1)/2,
 (23 ε̂_0 − 16 ε̂_1 + 5 ε̂_2)/12 — so every step costs one evaluation and NFE = S, which is
 what a budget of 5–20 evaluations needs (PNDM's warm-up alone would take 12). The last step
-to clean data uses the same combination.
+to clean data is first order, as for the other two solvers (it returns the network's x̂_0):
+PNDM extrapolates ε̂ over it too, which the step from t = 0 of `uniform` spacing hides, but over
+the long last step of `trailing` spacing (t = T/S − 1 → clean) it broke the shipped MNIST model's
+samples — their black background came out grey (median −0.86 instead of −1; FID 625 at
+NFE 10), though the network's own x̂_0 there was right (docs/samplers.md).
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ def extrapolate(
     if sampler in ("dpm-solver++", "unipc") and len(history) > 1 and t_next != -1:
         x0 = dpm_solver_2m_data(schedule, history[-2], now, t_next)
         return x0, eps_from_x0(x, x0, a_t)
-    if sampler == "plms":
+    if sampler == "plms" and t_next != -1:
         eps = plms_eps(history)
         return x0_from_eps(x, eps, a_t), eps
     return now.x0, now.eps
