@@ -33,6 +33,7 @@ import ddim
 from ddim.cli._args import int_list
 from ddim.data import load_images, load_labels, to_model_range
 from ddim.editing import EDIT_GUIDANCE, edit_method
+from ddim.execution import Execution
 from ddim.io import atomic_write, make_grid, save_png, to_uint8
 from ddim.metrics import load_extractor
 
@@ -94,7 +95,7 @@ def edit_trials(
     target = edit_targets(y)
     source = y.tolist() if from_source else None
     x = ddim.edit(model, x0, target.tolist(), guidance=guidance, strength=strength, method=method,
-                  steps=steps, from_class=source, batch_size=batch_size)  # fmt: skip
+                  steps=steps, from_class=source, execution=Execution(batch_size=batch_size))  # fmt: skip
     if unrelated is None:
         unrelated = unrelated_samples(model, y, steps, guidance, batch_size)
     d_edit = (x.clamp(-1, 1) - x0).pow(2).flatten(1).mean(1).sqrt()  # (N,), on the images as saved

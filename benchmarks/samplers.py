@@ -49,13 +49,13 @@ import torch
 from torch import Tensor
 
 import ddim
+from ddim.execution import PRECISIONS
 from ddim.io import atomic_write
-from ddim.sampling import PRECISIONS
+from ddim.samplers import ode_solvers
 from ddim.schedule import NoiseSchedule, timesteps
-from ddim.solvers import SOLVERS
 from ddim.toy import MixtureDenoiser, glyphs, probability_flow
 
-SAMPLERS = ("ddim", *SOLVERS)
+SAMPLERS = ("ddim", *ode_solvers())
 SPACINGS = ("uniform", "quadratic", "trailing", "logsnr")
 BUDGETS = (5, 10, 15, 20, 50)
 PROBLEMS = {"ring": 20_000, "glyphs": 5_000}  # toy problems and their default samples per cell
@@ -197,11 +197,11 @@ def run_mnist(args: argparse.Namespace, grid: Grid, path: Path) -> dict:
     """FID of every cell not yet in `path` (an earlier run of the same model, reference, n, seed
     and precision, whose cells are kept), and the floor: n random test images against the reference."""
     from ddim.data import load_images
-    from ddim.evaluate import SweepConfig, evaluate_cell, model_fingerprint
+    from ddim.evaluate import SweepConfig, evaluate_cell
     from ddim.metrics import cached_feature_stats, feature_stats, frechet_distance, load_extractor
 
     model = ddim.load(args.model)
-    identity = dict(zip(MNIST_IDENTITY, (model_fingerprint(model), f"{args.ref}:{args.ref_key}", args.n,
+    identity = dict(zip(MNIST_IDENTITY, (model.fingerprint(), f"{args.ref}:{args.ref_key}", args.n,
                                          args.seed, args.precision), strict=True))  # fmt: skip
     cells = _kept_cells(_read_json(path), identity, args.overwrite)  # refused before any work
     extractor = load_extractor("mnist")

@@ -42,11 +42,11 @@ from tqdm import tqdm
 
 import ddim
 from ddim.cli._args import device_arg, int_at_least, int_list
-from ddim.execution import prepare
+from ddim.execution import PRECISIONS, Execution
 from ddim.io import atomic_write
 from ddim.models import Model
 from ddim.models.unet import UNet, UNetConfig
-from ddim.sampling import PRECISIONS, _autocast, seeded_latents
+from ddim.sampling import seeded_latents
 from ddim.train_config import TrainConfig, load_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -194,11 +194,14 @@ def _measure(
     A progress bar on stderr counts the variants' warm-ups and runs."""
     device = x.device
     copies = {name: copy_model(model) for name in variants}
-    nets = {name: prepare(copies[name].net, **_net_options(o)) for name, o in variants.items()}
+    runs = {
+        name: Execution(device, **o) for name, o in variants.items()
+    }  # o: precision, channels_last, compile
+    nets = {name: runs[name].in_precision(runs[name].prepare(copies[name].net), device) for name in variants}
     outputs, memory, longest = {}, {}, max(steps)
 
     def evaluate(name: str) -> None:
-        with torch.no_grad(), _autocast(device, variants[name]["precision"]):
+        with torch.no_grad():
             nets[name](x, t)
 
     def draw(name: str, S: int) -> None:
@@ -232,10 +235,6 @@ def _measure(
 def copy_model(model: Model) -> Model:
     """A model with its own copy of the network (channels_last converts weights in place)."""
     return Model(copy.deepcopy(model.net), model.schedule, model.image_shape, model.prediction)
-
-
-def _net_options(options: dict) -> dict:
-    return {"channels_last": options["channels_last"], "compile": options["compile"]}
 
 
 def _speedup(times: dict, base, name) -> float | None:

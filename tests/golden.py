@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 import ddim
+from ddim.execution import Execution
 from ddim.toy import toy_model
 
 GOLDEN = Path(__file__).parent / "data" / "golden_samples.json"
@@ -82,7 +83,7 @@ def cases() -> dict[str, Callable[[], Tensor]]:
                 model(name), _images(name), steps=S, spacing=sp
             )
         out[f"{name}/invert/batch_size=1/bf16"] = lambda name=name, S=S: ddim.invert(
-            model(name), _images(name), steps=S, batch_size=1, precision="bf16"
+            model(name), _images(name), steps=S, execution=Execution(batch_size=1, precision="bf16")
         )
         out[f"{name}/reconstruct"] = lambda name=name, S=S: ddim.reconstruct(
             model(name), _images(name), steps=S

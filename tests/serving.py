@@ -2,20 +2,14 @@
 
 import time
 
-import pytest
 import torch
 from torch import nn
 
 from ddim.models import Model
 from ddim.serve import Limits
-from ddim.serve.work import missing_api
 
 LIMITS = Limits(
     max_n=8, max_steps=30, max_frames=5, max_upload_bytes=4096, max_upload_pixels=64 * 64, max_queue=2
-)
-needs_issue4 = pytest.mark.skipif(
-    bool(missing_api("invert", "slerp", "seeded_latents")),
-    reason="interpolation and inversion need ddim.invert, ddim.slerp and ddim.seeded_latents (issue 4)",
 )
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import ddim
-from ddim.execution import CompileError
+from ddim.execution import CompileError, Execution
 from ddim.schedule import NoiseSchedule
 from helpers import run_cli
 
@@ -70,7 +70,9 @@ def test_compiled_network_gives_eager_samples_and_compiles_once_per_batch_shape(
     assert torch.equal(compiled, eager)
     assert len(graphs) == 1
     ddim.sample(tiny_model, 4, steps=5, seed=1, compile=True, channels_last=False)  # a new call
-    ddim.invert(tiny_model, eager.clamp(-1, 1), steps=3, compile=True)  # another function, same shapes
+    ddim.invert(
+        tiny_model, eager.clamp(-1, 1), steps=3, execution=Execution(compile=True)
+    )  # another function, same shapes
     assert len(graphs) == 1
     ddim.sample(tiny_model, 6, steps=2, batch_size=4, compile=True)  # batches of 4 and 2
     assert len(graphs) == 2
@@ -108,7 +110,7 @@ def test_the_cli_passes_every_execution_option_to_the_api(tmp_path, capsys, tiny
     assert code == 0, err
     x0 = torch.from_numpy(np.load(images)["x_test"]).float()[:, None] / 127.5 - 1
     latents = torch.from_numpy(np.load(tmp_path / "z.npz")["latents"])
-    assert torch.equal(latents, ddim.invert(model, x0, steps=3, **options))
+    assert torch.equal(latents, ddim.invert(model, x0, steps=3, execution=Execution(**options)))
 
     code, out, _ = run_cli(capsys, "sample", "--dry-run", *flags, "--compile")
     assert code == 0

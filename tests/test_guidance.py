@@ -12,7 +12,7 @@ from ddim.guidance import MAX_GUIDANCE, dynamic_thresholding, guided
 from ddim.inversion import upward_sequence
 from ddim.models import Model
 from ddim.models.parameterization import to_x0_eps
-from ddim.sampling import SAMPLERS
+from ddim.samplers import names
 from ddim.schedule import NoiseSchedule, timesteps
 from ddim.toy import GLYPH_NAMES, MixtureDenoiser, gaussian_gain, glyphs, toy_model
 from helpers import run_cli
@@ -72,7 +72,7 @@ def test_one_batched_forward_equals_two_separate_calls(conditional_unet):
     assert not torch.allclose(cond, uncond, atol=1e-3)  # the classes do change the output
 
 
-@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("sampler", names())
 def test_every_sampler_samples_the_guided_eps_function(conditional_unet, sampler):
     """sample(model, classes, guidance) == the same sampler run on the explicit ε̃ callable."""
     model, labels = conditional_unet, torch.tensor([0, 1, 2, 1])

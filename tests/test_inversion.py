@@ -8,8 +8,9 @@ import torch
 
 import ddim
 from ddim.data import load_images, to_model_range
+from ddim.denoising import denoise
+from ddim.execution import Execution
 from ddim.inversion import check_images, reconstruction_errors, upward_sequence
-from ddim.sampling import denoise
 from ddim.schedule import NoiseSchedule, timesteps
 from ddim.toy import MixtureDenoiser, gaussian_gain
 from helpers import MNIST, needs_builtin, needs_mnist
@@ -65,7 +66,7 @@ def test_inversion_is_the_sampler_run_upward(tiny_model):
     seq = timesteps(100, 7, "uniform").tolist()
     with torch.no_grad():
         expected = denoise(tiny_model.net, x0, tiny_model.schedule, upward_sequence(seq))
-    x_T = ddim.invert(tiny_model, x0, steps=7, batch_size=2)
+    x_T = ddim.invert(tiny_model, x0, steps=7, execution=Execution(batch_size=2))
     torch.testing.assert_close(x_T, expected, rtol=1e-5, atol=1e-5)
     assert torch.equal(ddim.invert(tiny_model, x0, timesteps=seq), ddim.invert(tiny_model, x0, steps=7))
     assert torch.equal(ddim.invert(tiny_model, x0, steps=1), x0)  # S = 1: the latent of t = 0 is x0
@@ -119,7 +120,7 @@ def test_mnist_reconstruction_error_falls_with_steps():
     """The issue's must-show: Table 2 on 500 MNIST test images; MSE falls 10 → 100, < 0.01 at 100."""
     model = ddim.load("mnist")
     x0 = to_model_range(load_images(MNIST, key="x_test", resolution=model.image_shape[-1], limit=500))
-    rows = reconstruction_errors(model, x0, (10, 20, 50, 100), batch_size=100)
+    rows = reconstruction_errors(model, x0, (10, 20, 50, 100), execution=Execution(batch_size=100))
     mse = [r.mse for r in rows]
     assert all(a > b for a, b in pairwise(mse)), mse
     assert mse[-1] < 0.01, mse

@@ -39,11 +39,13 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import Tensor
 
 import ddim
+from ddim.denoising import StepInfo, denoise
 from ddim.models import Model
 from ddim.models.parameterization import PREDICTIONS, to_x0_eps, v_from_x0_eps
-from ddim.sampling import StepInfo, ddim_step, denoise, sample_generator, sigma_eta
+from ddim.sampling import sample_generator
 from ddim.schedule import NoiseSchedule, timesteps
 from ddim.toy import MixtureDenoiser, glyphs
+from ddim.update import ddim_step, sigma_eta
 from helpers import PREDICTION_TYPE, run_diffusers
 
 T = 1000

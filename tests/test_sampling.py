@@ -6,10 +6,12 @@ import pytest
 import torch
 
 import ddim
+from ddim.denoising import denoise
 from ddim.models import Model
-from ddim.sampling import ddim_step, denoise, sample_generator, sigma_eta
+from ddim.sampling import sample_generator
 from ddim.schedule import NoiseSchedule, timesteps
 from ddim.toy import MixtureDenoiser, gaussian_gain
+from ddim.update import ddim_step, sigma_eta
 
 SCHEDULE = NoiseSchedule.linear()
 

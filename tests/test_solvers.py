@@ -17,13 +17,14 @@ import pytest
 import torch
 
 import ddim
+from ddim.denoising import StepInfo, denoise
 from ddim.models import Model
-from ddim.sampling import StepInfo, denoise
 from ddim.schedule import NoiseSchedule
 from ddim.serve.limits import Limits
 from ddim.serve.schemas import request_models
-from ddim.solvers import ADAMS_BASHFORTH, Evaluation, unic_data
+from ddim.solvers import ADAMS_BASHFORTH, unic_data
 from ddim.toy import MixtureDenoiser, probability_flow
+from ddim.update import Evaluation
 from helpers import run_cli
 
 SCHEDULE = NoiseSchedule.linear()

@@ -11,10 +11,18 @@ from PIL import Image
 
 import ddim
 from ddim import io, streaming
-from ddim.streaming import FolderRun, sample_to_folder
+from ddim.execution import Execution
+from ddim.plan import resolve
+from ddim.streaming import FolderRun
 from helpers import run_cli
 
 OPTIONS = {"seed": 3, "batch_size": 2, "steps": 3, "eta": 0.5}  # η > 0: the step noise must resume too
+
+
+def sample_to_folder(model, out_dir, indices, *, noise=None, batch_size=None, precision="fp32", **plan):
+    """`streaming.sample_to_folder` with the plan and execution of `ddim.sample`'s keywords."""
+    how = Execution(batch_size=batch_size, precision=precision)
+    return streaming.sample_to_folder(model, out_dir, indices, resolve(model, **plan), how, noise=noise)
 
 
 def pngs(folder: Path) -> dict[str, bytes]:
@@ -62,16 +70,16 @@ def test_a_run_stopped_while_writing_resumes_to_the_same_bytes(tmp_path, tiny_mo
 
 def test_memory_holds_one_batch_at_a_time(tmp_path, tiny_model, monkeypatch):
     sizes, outputs = [], []
-    sample = streaming.sample
+    run = streaming.run
 
     def watched(*args, **kwargs):
         assert all(ref() is None for ref in outputs)  # every earlier batch has been freed
-        x = sample(*args, **kwargs)
+        x = run(*args, **kwargs)
         sizes.append(len(x))
         outputs.append(weakref.ref(x))
         return x
 
-    monkeypatch.setattr(streaming, "sample", watched)
+    monkeypatch.setattr(streaming, "run", watched)
     sample_to_folder(tiny_model, tmp_path, range(7), **{**OPTIONS, "batch_size": 3})
     assert sizes == [3, 3, 1]
     assert all(ref() is None for ref in outputs)

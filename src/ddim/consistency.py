@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ddim.execution import Execution
 from ddim.models import Model
-from ddim.sampling import Precision, sample
+from ddim.plan import resolve
+from ddim.sampling import check_n, run, target
 
 
 @dataclass(frozen=True)
@@ -44,23 +46,21 @@ def consistency(
     reference: int = 1000,
     etas: Sequence[float] = (0.0, 1.0),
     seed: int = 0,
-    batch_size: int | None = None,
     progress: bool = False,
-    device: str | torch.device | None = None,
-    precision: Precision = "fp32",
-    channels_last: bool = False,
-    compile: bool = False,
+    execution: Execution | None = None,
 ) -> Consistency:
     """Sample the same n latents (seed) at each S and at `reference` steps, for each η; measure
-    each S's distance to the reference images."""
-    options = {
-        "seed": seed, "batch_size": batch_size, "progress": progress, "device": device,
-        "precision": precision, "channels_last": channels_last, "compile": compile,
-    }  # fmt: skip
+    each S's distance to the reference images. execution: how the network runs."""
+    execution = execution or Execution()
+    goal, n = target(model, execution), check_n(n, None)
+
+    def draw(S: int, eta: float) -> Tensor:  # (n, C, H, W)
+        return run(goal, resolve(model, n, steps=S, eta=eta, seed=seed), execution, n, progress=progress)
+
     rows, images = [], {}
     for eta in etas:
-        ref = sample(model, n, steps=reference, eta=eta, **options)  # (n, C, H, W)
-        per_s = [sample(model, n, steps=S, eta=eta, **options) for S in steps]
+        ref = draw(reference, eta)
+        per_s = [draw(S, eta) for S in steps]
         for S, x in zip(steps, per_s, strict=True):
             rms = (x - ref).pow(2).flatten(1).mean(1).sqrt()  # (n,)
             sem = rms.std().item() / math.sqrt(n) if n > 1 else math.nan

@@ -18,10 +18,12 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
+from ddim.execution import Execution
 from ddim.guidance import Classes, class_labels
 from ddim.inversion import check_images, invert
 from ddim.models import Model
-from ddim.sampling import _sub_sequence, sample, seeded_latents
+from ddim.plan import resolve, sub_sequence
+from ddim.sampling import run, seeded_latents, target
 from ddim.schedule import Spacing
 
 EDIT_GUIDANCE = 2.0  # default w: the inverted latent pulls towards the source, guidance pulls away
@@ -41,7 +43,8 @@ def edit(
     steps: int | None = None,
     spacing: Spacing = "uniform",
     seed: int = 0,
-    **options,
+    progress: bool = False,
+    execution: Execution | None = None,
 ) -> Tensor:
     """Images x0 (N, *shape) in [-1, 1] edited towards `to_class` (one for all, or one per image):
     float32 (N, *shape) on the CPU.
@@ -50,8 +53,7 @@ def edit(
     unconditional) and decode with `to_class` over the same S-step sub-sequence — all of it, or
     with strength=s only its timesteps τ ≤ s·T. method="sdedit" (the default with a strength):
     start from the largest timestep τ ≤ s·T of the sub-sequence, image i noised with the x_T
-    draw of sample i under `seed`. `options` go to `invert` and `sample`: batch_size, progress,
-    device, precision.
+    draw of sample i under `seed`. execution: how the network runs (device, precision, ...).
     """
     if not isinstance(model, Model) or model.num_classes is None:
         raise ValueError("editing to a class needs a class-conditional model; this one is unconditional")
@@ -59,15 +61,17 @@ def edit(
     to_class = _labels(model, to_class, x0.shape[0], "to_class")  # refused before any network call
     from_class = None if from_class is None else _labels(model, from_class, x0.shape[0], "from_class")
     method = edit_method(method, strength, from_class)
-    seq = _sub_sequence(model.schedule, steps, spacing, None)
+    seq = sub_sequence(model.schedule, steps, spacing, None)
     kept = seq if strength is None else _below(seq, strength, model.schedule.num_timesteps)
-    decode = {"classes": to_class, "guidance": guidance, "eta": 0.0, **options}
+    execution = execution or Execution()
+    n = x0.shape[0]
+    plan = resolve(model, n, timesteps=kept, eta=0.0, seed=seed, classes=to_class, guidance=guidance)
     if method == "inversion":
-        x_t = invert(model, x0, timesteps=kept, classes=from_class, **options)
-        return sample(model, noise=x_t, timesteps=kept, **decode)
-    z = seeded_latents(model.image_shape, seed, range(x0.shape[0]))  # (N, *shape)
-    x_t = model.schedule.q_sample(x0.float().cpu(), torch.full((x0.shape[0],), int(kept[0])), z)
-    return sample(model, noise=x_t, timesteps=kept, seed=seed, **decode)
+        x_t = invert(model, x0, timesteps=kept, classes=from_class, progress=progress, execution=execution)
+    else:
+        z = seeded_latents(model.image_shape, seed, range(n))  # (N, *shape)
+        x_t = model.schedule.q_sample(x0.float().cpu(), torch.full((n,), int(kept[0])), z)
+    return run(target(model, execution, noise=x_t), plan, execution, n, noise=x_t, progress=progress)
 
 
 def edit_method(

@@ -12,7 +12,6 @@ the requested cells.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import math
@@ -27,17 +26,18 @@ import torch
 from tqdm.auto import tqdm
 
 from ddim import distributed
+from ddim.execution import PRECISIONS, Precision
 from ddim.io import atomic_write, make_grid, save_json, save_png, to_uint8
 from ddim.metrics import Extractor, FeatureStats, feature_stats, frechet_distance, kid
 from ddim.models import Model
-from ddim.sampling import PRECISIONS, Precision, Sampler, sample
+from ddim.samplers import ode_solvers
+from ddim.sampling import sample
 from ddim.schedule import SPACINGS, Spacing
-from ddim.solvers import SOLVERS
 
 Eta = float | Literal["hat"]
 RESULTS_VERSION = 1
 _IDENTITY_DEFAULTS = {"precision": "fp32", "sampler": "ddim"}  # what files from before a field existed used
-SWEEP_SAMPLERS: tuple[str, ...] = ("ddim", *SOLVERS)  # "ddpm" and σ̂ are columns of the ddim sweep
+SWEEP_SAMPLERS: tuple[str, ...] = ("ddim", *ode_solvers())  # "ddpm" and σ̂ are columns of the ddim sweep
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class SweepConfig:
     n: int = 10_000
     seed: int = 0
     spacing: Spacing = "uniform"
-    sampler: Sampler = "ddim"  # or an ODE solver (SWEEP_SAMPLERS), with etas (0,)
+    sampler: str = "ddim"  # or an ODE solver (SWEEP_SAMPLERS), with etas (0,)
     batch_size: int = 250
     kid_subset_size: int = 1000
     precision: Precision = "fp32"  # how the network runs (`sample`): precision changes the samples,
@@ -131,16 +131,6 @@ def sampler_options(eta: Eta, sampler: str = "ddim") -> dict:
     """`ddim.sample` keywords for a column of Table 1 (σ̂ is the "ddpm-large" sampler), for DDIM
     or the ODE solver `sampler` (η = 0)."""
     return {"sampler": "ddpm-large"} if eta == "hat" else {"sampler": sampler, "eta": float(eta)}
-
-
-def model_fingerprint(model: Model) -> str:
-    """sha1 of the network's weights and the schedule: identifies the model a results file is for."""
-    digest = hashlib.sha1(model.schedule.betas.cpu().numpy().tobytes())
-    for name, tensor in sorted(model.net.state_dict().items()):
-        digest.update(name.encode())
-        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # any dtype, even bf16
-        digest.update(raw.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def evaluate_cell(

@@ -1,7 +1,8 @@
-"""How the sampler runs the network: channels-last memory and torch.compile.
+"""How the sampler runs the network: `Execution` (device, precision, channels-last, compile,
+batch size), applied to the network in one place, `Execution.prepare`.
 
-Neither changes what is computed, only how (the precision, `sampling.Precision`, is the other
-execution option; it does change the arithmetic). Channels-last stores a batch of images as
+Precision (bf16/fp16 autocast, the weights staying fp32) changes the arithmetic; channels-last
+and compile change only how it runs. Channels-last stores a batch of images as
 (N, H, W, C) in memory, the layout that CPU (oneDNN) and GPU (cuDNN) convolutions prefer.
 torch.compile traces the network once and replaces its operations by generated, fused kernels.
 Results differ from eager float32 by rounding only; benchmarks/sampling.py measures what each buys.
@@ -10,15 +11,65 @@ Results differ from eager float32 by rounding only; benchmarks/sampling.py measu
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 Net = Callable[[Tensor, Tensor], Tensor]
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class CompileError(RuntimeError):
     """torch.compile could not compile the network (no C++ compiler, an unsupported platform, …)."""
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the network runs; none of it changes which samples are drawn (precision changes
+    their rounding). device None: where a model's parameters are (a plain callable: where its
+    noise is, else the CPU). batch_size None: all samples in one batch."""
+
+    device: str | torch.device | None = None
+    precision: Precision = "fp32"
+    channels_last: bool = False
+    compile: bool = False
+    batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.batch_size is not None and (
+            not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1
+        ):
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+
+    def prepare(self, net: Net) -> Net:
+        """`net` in channels-last memory and compiled, as asked (`prepare`)."""
+        return prepare(net, channels_last=self.channels_last, compile=self.compile)
+
+    def in_precision(self, net: Net, device: torch.device) -> Net:
+        """`net` (any wrapper of the network: guidance, thresholding) called under autocast to
+        the precision on `device`; fp32 returns it as it is."""
+        if self.precision == "fp32":
+            return net
+        dtype = _AUTOCAST_DTYPES[self.precision]
+
+        def call(x: Tensor, t: Tensor) -> Tensor:
+            with torch.autocast(device_type=device.type, dtype=dtype):
+                return net(x, t)
+
+        return call
+
+    def view(self) -> dict:
+        """What `--dry-run` prints: every field, the device as text."""
+        return {
+            "device": None if self.device is None else str(self.device), "precision": self.precision,
+            "channels_last": self.channels_last, "compile": self.compile, "batch_size": self.batch_size,
+        }  # fmt: skip
 
 
 def prepare(net: Net, *, channels_last: bool = False, compile: bool = False) -> Net:

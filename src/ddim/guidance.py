@@ -103,11 +103,17 @@ def guided(net: Callable[..., Tensor], y: Tensor, w: float, null: int | None = N
     return eps
 
 
+def check_threshold(p: float) -> float:
+    """A dynamic-thresholding percentile p in (0, 1]."""
+    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
+        raise ValueError(f"the dynamic-thresholding percentile must be in (0, 1], got {p!r}")
+    return p
+
+
 def dynamic_thresholding(net: EpsFn, schedule: NoiseSchedule, prediction: Prediction, p: float) -> EpsFn:
     """Imagen's dynamic thresholding (Saharia et al. 2022, §2.3) as a wrapper of `net`: per sample,
     s = max(1, p-quantile of |x̂_0|) and x̂_0 ← clamp(x̂_0, −s, s) / s; ε̂ follows x̂_0."""
-    if isinstance(p, bool) or not isinstance(p, int | float) or not 0 < p <= 1:
-        raise ValueError(f"the dynamic-thresholding percentile must be in (0, 1], got {p!r}")
+    check_threshold(p)
 
     def thresholded(x: Tensor, t: Tensor) -> Tensor:
         out = net(x, t).to(x.dtype)

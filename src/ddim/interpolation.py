@@ -17,8 +17,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ddim.execution import Execution
 from ddim.models import Model
-from ddim.sampling import Precision, sample
+from ddim.plan import resolve
+from ddim.sampling import run, target
 from ddim.schedule import NoiseSchedule, Spacing
 
 _PARALLEL = 1e-6  # below this sin θ the great circle degenerates to the line between the points
@@ -59,25 +61,22 @@ def interpolate(
     spacing: Spacing = "uniform",
     timesteps: Sequence[int] | Tensor | None = None,
     schedule: NoiseSchedule | None = None,
-    batch_size: int | None = None,
     progress: bool = False,
-    device: str | torch.device | None = None,
-    precision: Precision = "fp32",
-    channels_last: bool = False,
-    compile: bool = False,
+    execution: Execution | None = None,
 ) -> Tensor:
     """`num` images along the slerp from latent z0 to z1, decoded with DDIM η = 0:
     (num, *shape) float32 on the CPU; the ends decode z0 and z1.
 
     z0, z1: one latent each, (*shape); for a `Model`, (1, C, H, W) is accepted too.
+    execution: how the network runs (device, precision, batch size, ...).
     """
     if not isinstance(num, int) or num < 2:
         raise ValueError(f"num must be an integer >= 2 (the two ends included), got {num!r}")
     if isinstance(model, Model):
         z0, z1 = (z[0] if z.ndim == 4 and z.shape[0] == 1 else z for z in (z0, z1))
     path = slerp(z0, z1, torch.linspace(0, 1, num, dtype=torch.float64))  # (num, *shape)
-    return sample(
-        model, noise=path, steps=steps, spacing=spacing, timesteps=timesteps, eta=0.0, schedule=schedule,
-        batch_size=batch_size, progress=progress, device=device, precision=precision,
-        channels_last=channels_last, compile=compile,
-    )  # fmt: skip
+    execution = execution or Execution()
+    goal = target(model, execution, noise=path, schedule=schedule)
+    plan = resolve(model, num, schedule=goal.schedule, steps=steps, spacing=spacing, timesteps=timesteps,
+                   eta=0.0, seed=0)  # fmt: skip
+    return run(goal, plan, execution, num, noise=path, progress=progress)

@@ -21,30 +21,17 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from ddim.guidance import Classes, conditioning, guided
-from ddim.models import Model, num_classes
-from ddim.sampling import (
-    Precision,
-    _check_options,
-    _eval_mode,
-    _resolve,
-    _sub_sequence,
-    denoise,
-    sample,
-)
+from ddim.execution import Execution
+from ddim.guidance import Classes
+from ddim.models import Model
+from ddim.plan import resolve, sub_sequence, upward_sequence
+from ddim.sampling import check_n, run, target
 from ddim.schedule import NoiseSchedule, Spacing
 
 # Paper Table 2: reconstruction MSE per dimension, CIFAR-10 test set, η = 0, S steps each way.
 PAPER_TABLE2: dict[int, float] = {10: 0.014, 20: 0.0065, 50: 0.0023, 100: 0.0009}
 _RANGE_SLACK = 1e-4  # float round-off allowed beyond [-1, 1]
-
-
-def upward_sequence(seq: Sequence[int] | Tensor) -> list[int]:
-    """The inversion path for a descending sampling sub-sequence τ_S > … > τ_1: 0, τ_1, …, τ_S."""
-    up = [int(t) for t in reversed(list(seq))]
-    return up if up[0] == 0 else [0, *up]
 
 
 def check_images(x0: Tensor, model: Model | Callable) -> None:
@@ -81,44 +68,30 @@ def invert(
     spacing: Spacing = "uniform",
     timesteps: Sequence[int] | Tensor | None = None,
     schedule: NoiseSchedule | None = None,
-    batch_size: int | None = None,
-    progress: bool = False,
-    device: str | torch.device | None = None,
-    precision: Precision = "fp32",
     classes: Classes | None = None,
     guidance: float | None = None,
-    channels_last: bool = False,
-    compile: bool = False,
+    progress: bool = False,
+    execution: Execution | None = None,
 ) -> Tensor:
     """The DDIM latents x_T of images x0 (N, *shape) in [-1, 1]: float32 (N, *shape) on the CPU.
 
     The η = 0 update (eq. 12) run upward over 0, τ_1, …, τ_S, ε̂ evaluated where each step
-    starts. `steps`/`spacing`/`timesteps` name the sampling sub-sequence exactly as `sample`
-    does; `sample(model, noise=x_T, ...)` with the same sub-sequence decodes the latents.
-    classes, guidance: as in `sample`, for a class-conditional model (default: its null class).
-    precision, channels_last, compile: how the network runs, as in `sample`.
+    starts (`SamplePlan.inverted`), through the same shell as `sample`. `steps`/`spacing`/
+    `timesteps` name the sampling sub-sequence exactly as `sample` does; `sample(model,
+    noise=x_T, ...)` with the same sub-sequence decodes the latents. classes, guidance: as in
+    `sample`, for a class-conditional model (default: its null class). execution: how the
+    network runs (device, precision, batch size, ...).
     """
     check_images(x0, model)
-    target = _resolve(model, x0, None, schedule, device, channels_last=channels_last, compile=compile)
-    _check_options("ddim", 0.0, False, batch_size, precision)
-    labels, w = conditioning(model, classes, guidance, x0.shape[0])
-    path = upward_sequence(_sub_sequence(target.schedule, steps, spacing, timesteps))
-    if len(path) == 1:  # S = 1 from t = 0: the latent is the image itself
+    execution = execution or Execution()
+    goal = target(model, execution, noise=x0, schedule=schedule)
+    plan = resolve(
+        model, check_n(None, x0), schedule=goal.schedule, steps=steps, spacing=spacing,
+        timesteps=timesteps, seed=0, classes=classes, guidance=guidance,
+    ).inverted()  # fmt: skip
+    if plan.steps == 0:  # S = 1 from t = 0: the latent is the image itself
         return x0.float().cpu().clone()
-    batch_size = batch_size or x0.shape[0]
-    bar = tqdm(total=x0.shape[0], disable=not progress, unit="img", desc=f"inverting (S={len(path) - 1})")
-    net, schedule, prediction = target.call, target.schedule, target.prediction
-    latents = []
-    with torch.no_grad(), _eval_mode(target.net), bar:
-        for start in range(0, x0.shape[0], batch_size):
-            x = x0[start : start + batch_size].to(device=target.device, dtype=torch.float32)
-            eps = net
-            if labels is not None:
-                eps = guided(net, labels[start : start + batch_size], w, num_classes(target.net))
-            x = denoise(eps, x, schedule, path, prediction=prediction, precision=precision)  # (B, *shape)
-            latents.append(x.float().cpu())
-            bar.update(x.shape[0])
-    return torch.cat(latents)
+    return run(goal, plan, execution, x0.shape[0], noise=x0, progress=progress)
 
 
 def reconstruct(
@@ -128,15 +101,18 @@ def reconstruct(
     steps: int | None = None,
     spacing: Spacing = "uniform",
     timesteps: Sequence[int] | Tensor | None = None,
-    **options,
+    schedule: NoiseSchedule | None = None,
+    progress: bool = False,
+    execution: Execution | None = None,
 ) -> Tensor:
-    """decode(encode(x0)): invert, then sample with η = 0 over the same sub-sequence.
-
-    `options` are those `invert` and `sample` share: schedule, batch_size, progress, device,
-    precision, channels_last, compile.
-    """
-    x_T = invert(model, x0, steps=steps, spacing=spacing, timesteps=timesteps, **options)
-    return sample(model, noise=x_T, steps=steps, spacing=spacing, timesteps=timesteps, eta=0.0, **options)
+    """decode(encode(x0)): invert, then sample with η = 0 over the same sub-sequence."""
+    execution = execution or Execution()
+    seq = dict(steps=steps, spacing=spacing, timesteps=timesteps, schedule=schedule, progress=progress)
+    x_T = invert(model, x0, execution=execution, **seq)
+    goal = target(model, execution, noise=x_T, schedule=schedule)
+    plan = resolve(model, x_T.shape[0], schedule=goal.schedule, steps=steps, spacing=spacing,
+                   timesteps=timesteps, eta=0.0, seed=0)  # fmt: skip
+    return run(goal, plan, execution, x_T.shape[0], noise=x_T, progress=progress)
 
 
 @dataclass(frozen=True)
@@ -158,22 +134,23 @@ def reconstruction_errors(
     *,
     spacing: Spacing = "uniform",
     keep: int = 0,
-    **options,
+    schedule: NoiseSchedule | None = None,
+    progress: bool = False,
+    execution: Execution | None = None,
 ) -> list[ReconstructionError]:
-    """The paper's Table 2 for this model and these images: one row per S in `steps`.
-
-    `options` go to `invert` and `sample` (schedule, batch_size, progress, device, and how the
-    network runs: precision, channels_last, compile).
-    """
+    """The paper's Table 2 for this model and these images: one row per S in `steps`."""
     check_images(x0, model)
-    schedule = model.schedule if isinstance(model, Model) else options.get("schedule")
+    schedule = model.schedule if isinstance(model, Model) else schedule
     if schedule is None:
         raise ValueError("a plain callable model needs schedule= (a NoiseSchedule)")
     rows = []
     for S in steps:
         start = time.perf_counter()
-        seq = _sub_sequence(schedule, S, spacing, None)
-        x_hat = reconstruct(model, x0, timesteps=seq, **options)
+        seq = sub_sequence(schedule, S, spacing, None)
+        x_hat = reconstruct(
+            model, x0, timesteps=seq, schedule=None if isinstance(model, Model) else schedule,
+            progress=progress, execution=execution,
+        )  # fmt: skip
         per_image = (x_hat - x0.float().cpu()).pow(2).flatten(1).mean(1)  # (N,)
         sem = per_image.std().item() / math.sqrt(len(per_image)) if len(per_image) > 1 else math.nan
         nfe = len(upward_sequence(seq)) - 1 + len(seq)

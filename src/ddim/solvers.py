@@ -2,7 +2,8 @@
 
 All are DDIM's η = 0 step (Song et al. 2021, eq. 12) fed a prediction extrapolated from the
 network outputs of the last few steps instead of the latest one alone. So they run inside the
-same loop as DDIM (`sampling.denoise`, sampler "dpm-solver++", "unipc" or "plms"), one network
+same loop as DDIM (`denoising.denoise`, sampler "dpm-solver++", "unipc" or "plms": entries of
+`ddim.samplers`), one network
 evaluation per step (NFE = S), with the same seeds, batching, devices, precision and callbacks.
 
 DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095, Algorithm 2), in its data-prediction form.
@@ -54,14 +55,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from torch import Tensor
 
 from ddim.models.parameterization import eps_from_x0, x0_from_eps
 from ddim.schedule import NoiseSchedule
-
-SOLVERS: tuple[str, ...] = ("dpm-solver++", "unipc", "plms")
+from ddim.update import Evaluation
 
 # Adams–Bashforth coefficients of ε̂_0 (latest), ε̂_1, … for 1, 2, 3 and 4 past evaluations.
 ADAMS_BASHFORTH: tuple[tuple[float, ...], ...] = (
@@ -72,41 +71,36 @@ ADAMS_BASHFORTH: tuple[tuple[float, ...], ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """One network evaluation at timestep t, as (x̂_0, ε̂), each (B, *shape)."""
-
-    t: int
-    x0: Tensor
-    eps: Tensor
-
-
-def extrapolate(
-    sampler: str, schedule: NoiseSchedule, history: Sequence[Evaluation], x: Tensor, t_next: int
+def dpm_solver_2m(
+    schedule: NoiseSchedule, history: Sequence[Evaluation], x: Tensor, t_next: int
 ) -> tuple[Tensor, Tensor]:
-    """The (x̂_0, ε̂) that eq. 12 should use from x at history[-1].t to t_next.
-
-    history: the latest evaluations, oldest first, the last one made at x. The DDIM and DDPM
-    samplers use the last evaluation as it is; the ODE solvers combine it with earlier ones.
-    """
+    """DPM-Solver++(2M)'s (D, ε̂ consistent with it) for eq. 12; first order on the first step
+    and on the step to clean data."""
     now = history[-1]
-    a_t = schedule.alpha_bar_at(now.t).item()
-    if sampler in ("dpm-solver++", "unipc") and len(history) > 1 and t_next != -1:
-        x0 = dpm_solver_2m_data(schedule, history[-2], now, t_next)
-        return x0, eps_from_x0(x, x0, a_t)
-    if sampler == "plms" and t_next != -1:
-        eps = plms_eps(history)
-        return x0_from_eps(x, eps, a_t), eps
-    return now.x0, now.eps
+    if len(history) < 2 or t_next == -1:
+        return now.x0, now.eps
+    x0 = dpm_solver_2m_data(schedule, history[-2], now, t_next)
+    return x0, eps_from_x0(x, x0, schedule.alpha_bar_at(now.t).item())
 
 
-def correct(
-    sampler: str, schedule: NoiseSchedule, history: Sequence[Evaluation], x_prev: Tensor, x: Tensor
+def plms(
+    schedule: NoiseSchedule, history: Sequence[Evaluation], x: Tensor, t_next: int
+) -> tuple[Tensor, Tensor]:
+    """PLMS's Adams–Bashforth ε' (and x̂_0 from it) for eq. 12; first order to clean data."""
+    now = history[-1]
+    if t_next == -1:
+        return now.x0, now.eps
+    eps = plms_eps(history)
+    return x0_from_eps(x, eps, schedule.alpha_bar_at(now.t).item()), eps
+
+
+def unipc_correct(
+    schedule: NoiseSchedule, history: Sequence[Evaluation], x_prev: Tensor, x: Tensor
 ) -> Tensor:
     """UniPC's corrector: x, the state the last step reached at history[-1].t from x_prev at
-    history[-2].t, recomputed by that step's transfer with D_c (module docstring). The other
-    samplers, and the first evaluation, keep x."""
-    if sampler != "unipc" or len(history) < 2:
+    history[-2].t, recomputed by that step's transfer with D_c (module docstring). The first
+    evaluation keeps x."""
+    if len(history) < 2:
         return x
     prev, now = history[-2], history[-1]
     d = unic_data(schedule, history[-3] if len(history) > 2 else None, prev, now)

@@ -21,13 +21,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ddim.evaluate import model_fingerprint
+from ddim.execution import Execution
 from ddim.io import sample_png, save_json, save_samples
 from ddim.models import Model
-from ddim.sampling import _check_options, _sub_sequence, sample
+from ddim.plan import SamplePlan
+from ddim.sampling import run, target
 
 RECORD = ".ddim-sample.json"  # in the folder: what its images are samples of
 
@@ -44,38 +46,38 @@ def sample_to_folder(
     model: Model,
     out_dir: str | os.PathLike,
     indices: range,
+    plan: SamplePlan,
+    execution: Execution,
     *,
-    seed: int,
-    batch_size: int,
     noise: Tensor | None = None,
-    classes: Tensor | None = None,
     progress: bool = False,
-    **options,
 ) -> FolderRun:
-    """Samples `indices` of `seed` as PNGs in `out_dir`, batch by batch, skipping finished batches.
+    """Samples `indices` of `plan` as PNGs in `out_dir`, batch by batch, skipping finished batches.
 
-        Batches are indices.start + [kB, (k + 1)B), as `sample` makes them. noise: x_T by sample
-        index, (N ≥ indices.stop, C, H, W), instead of seeded noise (all of them, also under torchrun:
-        the folder records their hash). classes: labels by sample index, like noise, for a
-    class-conditional model. `options` go to `sample` (steps, guidance,
-        timesteps, eta, sampler, clip, device, precision, channels_last, compile, …).
+    Batches are indices.start + [kB, (k + 1)B), B = execution.batch_size, as `run` makes them.
+    noise: x_T by sample index, (N ≥ indices.stop, C, H, W), instead of seeded noise (all of
+    them, also under torchrun: the folder records their hash). The plan's labels, for a
+    class-conditional model, are by sample index too.
     """
     if indices.step != 1:
         raise ValueError(f"indices must be a contiguous range, got {indices}")
     if noise is not None and len(noise) < indices.stop:
         raise ValueError(f"noise holds {len(noise)} latents, too few for indices up to {indices.stop - 1}")
-    if classes is not None and len(classes) < indices.stop:
-        raise ValueError(f"classes holds {len(classes)} labels, too few for indices up to {indices.stop - 1}")
-    claim_folder(model, out_dir, seed=seed, noise=noise, classes=classes, **options)
+    if plan.labels is not None and len(plan.labels) < indices.stop:
+        raise ValueError(
+            f"classes holds {len(plan.labels)} labels, too few for indices up to {indices.stop - 1}"
+        )
+    claim_folder(model, out_dir, plan, execution, noise=noise)
+    batch_size = execution.batch_size or max(len(indices), 1)
     starts = range(indices.start, indices.stop, batch_size)
     batches = [range(i, min(i + batch_size, indices.stop)) for i in starts]
     todo = [b for b in batches if not all(sample_png(out_dir, i).is_file() for i in b)]
     skipped = len(indices) - sum(len(b) for b in todo)
+    goal = target(model, execution)
     with tqdm(total=len(indices), initial=skipped, disable=not progress, unit="img", desc="sampling") as bar:
         for b in todo:
             rows = None if noise is None else noise[b.start : b.stop]
-            labels = None if classes is None else classes[b.start : b.stop]
-            x = sample(model, len(b), noise=rows, classes=labels, seed=seed, start_index=b.start, **options)
+            x = run(goal, plan.rows(b.start, b.stop), execution, len(b), noise=rows, start_index=b.start)
             save_samples(x, out_dir=out_dir, first_index=b.start)
             del x  # nothing outlives its batch
             bar.update(len(b))
@@ -85,32 +87,27 @@ def sample_to_folder(
 def claim_folder(
     model: Model,
     out_dir: str | os.PathLike,
+    plan: SamplePlan,
+    execution: Execution,
     *,
-    seed: int,
     noise: Tensor | None = None,
-    classes: Tensor | None = None,
-    **options,
 ) -> None:
     """Refuse `out_dir` if it holds images of another run, else record this run in it: for any
     writer of sample PNGs into a folder, so that a resumed `sample_to_folder` never keeps them."""
-    _claim(Path(out_dir), _identity(model, seed, noise, classes, options))
+    _claim(Path(out_dir), identity(model, plan, execution, noise))
 
 
-def _identity(model: Model, seed: int, noise: Tensor | None, classes: Tensor | None, options: dict) -> dict:
-    """Everything that decides the images (batch size, channels-last, compile: rounding only)."""
-    sampler = options.get("sampler", "ddim")
-    eta, clip = _check_options(
-        sampler, options.get("eta"), options.get("clip"), None, options.get("precision", "fp32")
-    )
-    seq = _sub_sequence(
-        model.schedule, options.get("steps"), options.get("spacing", "uniform"), options.get("timesteps")
-    )
+def identity(model: Model, plan: SamplePlan, execution: Execution, noise: Tensor | None = None) -> dict:
+    """Everything that decides the images: a view of the plan and the precision (batch size,
+    channels-last, compile: rounding only), with the latents and labels hashed."""
+    view = plan.view()
+    labels = None if plan.labels is None else _digest(torch.tensor(plan.labels, dtype=torch.int64))
     latents = None if noise is None else _digest(noise.float())
     return {
-        "model": model_fingerprint(model), "seed": seed, "latents": latents, "timesteps": seq.tolist(),
-        "sampler": sampler, "eta": eta, "clip": clip, "precision": options.get("precision", "fp32"),
-        "classes": None if classes is None else _digest(classes), "guidance": options.get("guidance"),
-        "dynamic_threshold": options.get("dynamic_threshold"),
+        "model": model.fingerprint(), "seed": plan.seed, "latents": latents,
+        "timesteps": view["timesteps"], "sampler": plan.sampler, "eta": plan.eta, "clip": plan.clip,
+        "precision": execution.precision, "classes": labels, "guidance": plan.guidance,
+        "dynamic_threshold": plan.dynamic_threshold,
     }  # fmt: skip
 
 

@@ -16,7 +16,7 @@ from ddim.guidance import MAX_GUIDANCE
 from ddim.io import make_grid, to_uint8
 from ddim.serve import Limits, create_app
 from ddim.toy import GLYPH_NAMES, toy_model
-from serving import LIMITS, needs_issue4
+from serving import LIMITS
 
 
 def png_array(data: bytes) -> np.ndarray:
@@ -129,7 +129,6 @@ def test_the_stream_samples_the_class_too(conditional_client):
     assert done["image"] != data_url(unguided)
 
 
-@needs_issue4
 def test_interpolation_decodes_every_frame_with_the_class(conditional_client):
     body = {"seed_a": 2, "seed_b": 5, "frames": 3, "steps": 4, "classes": "diamond", "guidance": 2}
     r = conditional_client.post("/api/interpolate", json=body)
@@ -259,7 +258,6 @@ def test_a_full_queue_answers_429_with_retry_after(tiny_model):
         assert c.get("/api/status").json()["rejected"] == 2
 
 
-@needs_issue4
 def test_interpolation_ends_are_the_seeds_deterministic_samples(client, tiny_checkpoint):
     r = client.post("/api/interpolate", json={"seed_a": 4, "seed_b": 9, "frames": 4, "steps": 5})
     assert r.status_code == 200, r.text
@@ -271,7 +269,6 @@ def test_interpolation_ends_are_the_seeds_deterministic_samples(client, tiny_che
         assert frame == data_url(png_of(x))
 
 
-@needs_issue4
 def test_invert_reconstructs_an_upload_and_reports_its_mse(client, tiny_checkpoint):
     x0 = torch.linspace(-1, 1, 64).reshape(1, 1, 8, 8)
     r = client.post("/api/invert?steps=10", content=png_of(x0))
@@ -290,7 +287,6 @@ def big_png(side: int) -> bytes:
     return buffer.getvalue()
 
 
-@needs_issue4
 @pytest.mark.parametrize(
     ("query", "body", "status", "start"),
     [
@@ -312,20 +308,11 @@ def test_bad_uploads_get_their_4xx(client, query, body, status, start):
     assert ("not a form" in r.json()["message"]) == body.startswith(b"--")  # a multipart upload is told
 
 
-@needs_issue4
 def test_an_upload_without_a_length_is_cut_off_at_the_limit(client):
     chunks = (b"\0" * 1024 for _ in range(8))  # chunked transfer: no Content-Length to trust
     r = client.post("/api/invert", content=chunks)
     assert r.status_code == 413
     assert r.json()["message"].endswith("bytes or more; at most 4096")
-
-
-def test_routes_answer_501_when_the_library_lacks_issue_4(client, monkeypatch):
-    monkeypatch.setattr("ddim.serve.app.missing_api", lambda *names: ["invert"])
-    assert client.post("/api/invert", content=big_png(8)).status_code == 501
-    r = client.post("/api/interpolate", json={})
-    assert r.status_code == 501
-    assert "ddim.invert" in r.json()["message"]
 
 
 def test_the_page_and_no_file_beyond_it(client, tiny_checkpoint):

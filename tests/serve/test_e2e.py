@@ -13,7 +13,6 @@ import ddim
 from ddim.serve import Limits, create_app
 from ddim.serve.images import data_url
 from ddim.toy import GLYPH_NAMES, toy_model
-from serving import needs_issue4
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)"
@@ -84,7 +83,6 @@ def test_bad_input_is_shown_not_thrown(page):
     assert page.inner_text("#sample-status") == "error: n: Input should be less than or equal to 16"
 
 
-@needs_issue4
 def test_interpolation_slider_by_keyboard(page, tmp_path):
     form = page.locator("#interpolate-form")
     form.locator("input[name=frames]").fill("5")

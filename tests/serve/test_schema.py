@@ -6,7 +6,6 @@ from schemathesis.checks import not_a_server_error
 
 import ddim
 from ddim.serve import Limits, create_app
-from ddim.serve.work import missing_api
 from ddim.toy import toy_model
 
 LIMITS = Limits(max_n=4, max_steps=10, max_frames=3, max_upload_bytes=4096, max_upload_pixels=64 * 64)
@@ -14,10 +13,7 @@ SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=list(H
 
 
 def api_schema(model: ddim.Model):
-    schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(model, LIMITS))
-    if missing_api("invert", "slerp", "seeded_latents"):  # 501 by design until issue 4 lands
-        schema = schema.exclude(path_regex="^/api/(invert|interpolate)$")
-    return schema
+    return schemathesis.openapi.from_asgi("/openapi.json", create_app(model, LIMITS))
 
 
 schema = api_schema(ddim.load("toy"))

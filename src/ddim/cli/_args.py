@@ -8,9 +8,9 @@ from pathlib import Path
 
 import torch
 
+from ddim.execution import PRECISIONS, Execution
 from ddim.guidance import MAX_GUIDANCE
 from ddim.io import OutputError, check_writable
-from ddim.sampling import PRECISIONS
 
 DEFAULT_MODEL = "mnist"  # the shipped model (docs/models/mnist.md)
 
@@ -160,5 +160,12 @@ def add_execution_options(p: argparse.ArgumentParser) -> None:
 
 
 def execution_options(args: argparse.Namespace) -> dict:
-    """The keyword arguments of sample/invert/interpolate given by add_execution_options."""
+    """The fields of `Execution` given by add_execution_options."""
     return {"precision": args.precision, "channels_last": args.channels_last, "compile": args.compile}
+
+
+def execution(args: argparse.Namespace, device: torch.device | None = None) -> Execution:
+    """How the network runs: --device (or `device`, as `distributed.init` resolved it),
+    --batch-size and the execution options."""
+    device = args.device if device is None else device
+    return Execution(device=device, batch_size=args.batch_size, **execution_options(args))

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddim.cli._args import DEFAULT_MODEL, add_execution_options, device_arg, execution_options, int_at_least
+from ddim.cli._args import DEFAULT_MODEL, add_execution_options, device_arg, execution, int_at_least
 from ddim.data import FITS, DataError, load_images, read_npz, to_model_range
 from ddim.models import Model
 from ddim.schedule import SPACINGS
@@ -57,13 +57,8 @@ def add_image_options(
 
 
 def model_options(args: argparse.Namespace) -> dict:
-    """The keyword arguments of invert/sample/interpolate given by add_model_options."""
-    return {
-        "batch_size": args.batch_size,
-        "progress": not args.quiet,
-        "device": args.device,
-        **execution_options(args),
-    }
+    """The keyword arguments of invert/interpolate/edit/... given by add_model_options."""
+    return {"progress": not args.quiet, "execution": execution(args)}
 
 
 def read_images(

@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     extractor = load_extractor(args.features, weights=args.features_weights, device=device)
     ref, ref_key = _reference_stats(args, model.image_shape, extractor)
     identity = {
-        "model": sweep.model_fingerprint(model), "reference": ref_key, "extractor": extractor.fingerprint,
+        "model": model.fingerprint(), "reference": ref_key, "extractor": extractor.fingerprint,
         "spacing": config.spacing, "kid_subset_size": config.kid_subset_size, "precision": config.precision,
         "sampler": config.sampler,
     }  # fmt: skip

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ddim import distributed
+from ddim import distributed, samplers
 from ddim.checkpoint import load
 from ddim.cli._args import (
     DEFAULT_MODEL,
@@ -18,7 +18,7 @@ from ddim.cli._args import (
     class_list,
     device_arg,
     eta_arg,
-    execution_options,
+    execution,
     guidance_arg,
     int_at_least,
     int_list,
@@ -26,11 +26,13 @@ from ddim.cli._args import (
     output_folder,
 )
 from ddim.cli._images import read_latents
-from ddim.guidance import conditioning
+from ddim.execution import Execution
 from ddim.io import check_writable, save_samples, save_trajectory_gif, together
 from ddim.models import Model
-from ddim.sampling import SAMPLERS, sample
-from ddim.schedule import SPACINGS, custom_timesteps, timesteps
+from ddim.plan import SamplePlan, resolve
+from ddim.sampling import run as run_plan
+from ddim.sampling import target
+from ddim.schedule import SPACINGS
 from ddim.streaming import claim_folder, sample_to_folder
 
 SAMPLE_EXAMPLES = """examples:
@@ -78,10 +80,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--sampler",
-        choices=SAMPLERS,
+        choices=samplers.names(),
         default="ddim",
-        help="ddim (any η), ddpm (η = 1), ddpm-large (σ̂), or the higher-order ODE solvers dpm-solver++, "
-        "unipc and plms (η = 0; docs/samplers.md) (default: ddim)",
+        help="; ".join(f"{s.name}: {s.summary}" for s in samplers.registry().values())
+        + " (docs/samplers.md) (default: ddim)",
     )
     p.add_argument(
         "--spacing", choices=SPACINGS, default="uniform", help="timestep sub-sequence (default: uniform)"
@@ -142,8 +144,9 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trajectory", type=output_file, default=None, help="GIF of x_t and x̂0 over the steps")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument(
-        "--dry-run", action="store_true", help="print the resolved settings and timesteps, then exit"
-    )
+        "--dry-run", action="store_true",
+        help="check everything a run checks, print the resolved plan (timesteps, η, seed, ...), then exit",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -154,53 +157,46 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None and args.timesteps is not None:
         raise ValueError("give --steps or --timesteps, not both (--timesteps sets the number of steps)")
     model = load(args.model)
-    T = model.schedule.num_timesteps
     latents, stored = read_latents(args.latents) if args.latents is not None else (None, None)
-    if args.timesteps is not None:
-        seq = custom_timesteps(T, args.timesteps)
-    elif args.steps is None and stored is not None:
-        seq = custom_timesteps(T, stored)  # decode with the sub-sequence the latents were inverted with
-    else:
-        seq = timesteps(T, 50 if args.steps is None else args.steps, args.spacing, model.schedule)
+    explicit = args.timesteps
+    if explicit is None and args.steps is None and stored is not None:
+        explicit = stored  # decode with the sub-sequence the latents were inverted with
     n = _count(args.n, latents, args.classes)
-    labels, w = conditioning(model, args.classes, args.guidance, n)  # checked before any sampling
+    how = execution(args, device)
+    goal = target(model, how, noise=latents)
+    plan = resolve(
+        model, n, steps=args.steps, spacing=args.spacing, timesteps=explicit, sampler=args.sampler,
+        eta=args.eta, clip=args.clip, seed=args.seed, classes=args.classes, guidance=args.guidance,
+        dynamic_threshold=args.dynamic_threshold,
+    )  # fmt: skip
     out = args.out if args.out is not None or args.out_dir or args.npz else check_writable("samples.png")
     main = distributed.is_main()
-    settings = {
-        "model": str(args.model), "n": n, "latents": None if latents is None else str(args.latents),
-        "sampler": args.sampler, "eta": args.eta, "steps": len(seq), "seed": args.seed,
-        "device": str(device), **execution_options(args), "processes": distributed.world_size(),
-    }  # fmt: skip
-    if labels is not None:
-        settings |= {"classes": labels.tolist(), "guidance": w}
-    if args.dry_run:
+    if args.dry_run:  # everything a real run checks has been checked: print what it would run
         if main:
-            print(json.dumps({**settings, "timesteps": seq.tolist()}, indent=2))
+            settings = {
+                "model": str(args.model), "n": n, "latents": None if latents is None else str(args.latents),
+                **plan.view(), **how.view(), "processes": distributed.world_size(),
+            }  # fmt: skip
+            print(json.dumps(settings, indent=2))
         return 0
-    if main and args.steps is not None and args.timesteps is None and len(seq) < args.steps:
+    if main and args.steps is not None and args.timesteps is None and plan.steps < args.steps:
         print(
             f"note: {args.spacing} spacing repeats timesteps at S={args.steps}; "
-            f"using its {len(seq)} distinct steps"
+            f"using its {plan.steps} distinct steps"
         )
     shard = distributed.shard(n)  # this process's samples: all of them for one process
-    noise = None if latents is None else latents[shard.start : shard.stop]
-    options = {
-        "steps": len(seq), "timesteps": seq, "eta": args.eta, "sampler": args.sampler, "seed": args.seed,
-        "clip": args.clip, "batch_size": args.batch_size, "device": device,
-        "progress": main and not args.quiet, **execution_options(args),
-        "guidance": args.guidance, "dynamic_threshold": args.dynamic_threshold,
-    }  # fmt: skip
+    progress = main and not args.quiet
     start = time.perf_counter()
     if out is None and args.npz is None and args.trajectory is None:  # --out-dir alone
-        return _stream(model, args.out_dir, shard, latents, labels, options, start)
+        return _stream(model, args.out_dir, shard, latents, plan, how, progress, start)
     if args.out_dir is not None:  # the PNGs go where a streamed run may resume: refused if another's
-        claim_folder(model, args.out_dir, noise=latents, classes=labels, **options)
+        claim_folder(model, args.out_dir, plan, how, noise=latents)
     x, trajectory = torch.empty(0, *model.image_shape), None
     if len(shard):
-        result = sample(
-            model, len(shard), noise=noise, start_index=shard.start,
-            classes=None if labels is None else labels[shard.start : shard.stop],
-            return_trajectory=args.trajectory is not None, **options,
+        result = run_plan(
+            goal, plan.rows(shard.start, shard.stop), how, len(shard),
+            noise=None if latents is None else latents[shard.start : shard.stop], start_index=shard.start,
+            progress=progress, return_trajectory=args.trajectory is not None,
         )  # fmt: skip
         x, trajectory = result if isinstance(result, tuple) else (result, None)
     with together():  # all outputs or none
@@ -214,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         written += save_samples(x, grid=out, npz=args.npz, nrow=args.nrow)
         if trajectory is not None:
             written.append(save_trajectory_gif(trajectory, args.trajectory, nrow=args.nrow))
-    print(f"{n} samples, {len(seq)} steps, {seconds:.1f} s ({seconds / len(seq):.3f} s/step)")
+    print(f"{n} samples, {plan.steps} steps, {seconds:.1f} s ({seconds / plan.steps:.3f} s/step)")
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -225,14 +221,15 @@ def _stream(
     out_dir: Path,
     shard: range,
     latents: Tensor | None,
-    labels: Tensor | None,
-    options: dict,
+    plan: SamplePlan,
+    how: Execution,
+    progress: bool,
     start: float,
 ) -> int:
     """Write each batch as soon as it is sampled; skip the batches a stopped run finished."""
-    done = sample_to_folder(model, out_dir, shard, noise=latents, classes=labels, **options)
-    sampled, skipped = distributed.all_reduce_sum([done.sampled, done.skipped], options["device"])
-    seconds, steps = time.perf_counter() - start, options["steps"]
+    done = sample_to_folder(model, out_dir, shard, plan, how, noise=latents, progress=progress)
+    sampled, skipped = distributed.all_reduce_sum([done.sampled, done.skipped], how.device)
+    seconds, steps = time.perf_counter() - start, plan.steps
     if distributed.is_main():
         kept = f"; {skipped:.0f} finished earlier, kept" if skipped else ""
         print(f"{sampled:.0f} samples, {steps} steps, {seconds:.1f} s ({seconds / steps:.3f} s/step){kept}")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from ddim.models.parameterization import Prediction, check_prediction
@@ -51,6 +53,15 @@ class Model:
     @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
+
+    def fingerprint(self) -> str:
+        """sha1 of the network's weights and the schedule: identifies the model a result is of."""
+        digest = hashlib.sha1(self.schedule.betas.cpu().numpy().tobytes())
+        for name, tensor in sorted(self.net.state_dict().items()):
+            digest.update(name.encode())
+            raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)  # any dtype, even bf16
+            digest.update(raw.numpy().tobytes())
+        return digest.hexdigest()
 
 
 def num_classes(net: object) -> int | None:

@@ -24,29 +24,26 @@ from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from ddim import __version__
+from ddim import __version__, samplers
 from ddim.guidance import MAX_GUIDANCE
 from ddim.models import Model
-from ddim.sampling import SAMPLERS
 from ddim.schedule import SPACINGS, Spacing
 from ddim.serve.images import BadImage, data_url, decode_upload
 from ddim.serve.jobs import Handle, JobQueue, QueueFull
 from ddim.serve.limits import Limits
 from ddim.serve.schemas import request_models
-from ddim.serve.work import Result, missing_api, run_interpolation, run_inversion, run_sample
+from ddim.serve.work import Result, run_interpolation, run_inversion, run_sample
 
 log = logging.getLogger("ddim.serve")
 ASSETS = {"/": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
 _MEDIA = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".css": "text/css"}
 _CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; object-src 'none'"
-_NEEDS = {"interpolate": ("slerp", "seeded_latents", "sample"), "invert": ("invert", "sample")}
 _CLIENT_GONE = 499  # nginx's "client closed request": never seen by anyone, but logged
 
 _PNG = {"content": {"image/png": {}}, "description": "the images as one PNG grid"}
 _ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"description": "the upload is larger than the server accepts"},
     429: {"description": "the job queue is full; see Retry-After"},
-    501: {"description": "this ddim lacks the functions the route needs"},
 }
 _SSE = {"content": {"text/event-stream": {}}, "description": "server-sent events"}
 _UPLOAD = {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string"}}}}
@@ -130,8 +127,6 @@ def _add_latent_routes(
     @app.post("/api/interpolate", responses=_ERRORS)
     async def interpolate(body: InterpolationRequest, request: Request) -> Any:  # type: ignore[valid-type]
         """Frames along the slerp between the latents of two seeds, decoded with DDIM η = 0."""
-        if missing := missing_api(*_NEEDS["interpolate"]):
-            return _not_implemented("interpolation", missing)
         result = await _run(partial(run_interpolation, model, **body.model_dump()), request)
         if not isinstance(result, Result):
             return result
@@ -146,8 +141,6 @@ def _add_latent_routes(
     ) -> Any:
         """Invert an uploaded image (PNG, JPEG, …: fitted to the model's size) with S DDIM
         steps and decode it again: the input as the model sees it, the reconstruction, the MSE."""
-        if missing := missing_api(*_NEEDS["invert"]):
-            return _not_implemented("inversion", missing)
         data = await _read_upload(request, limits.max_upload_bytes)
         if isinstance(data, Response):
             return data
@@ -167,9 +160,8 @@ def _model_info(model: Model, limits: Limits, name: str) -> dict[str, Any]:
     return {
         "name": Path(name).name, "image_shape": list(model.image_shape), "prediction": model.prediction,
         "num_timesteps": T, "num_classes": model.num_classes, "class_names": list(model.class_names),
-        "samplers": list(SAMPLERS), "spacings": list(SPACINGS),
+        "samplers": list(samplers.names()), "spacings": list(SPACINGS),
         "limits": {**limits.to_dict(), "max_steps": limits.steps_cap(T), "max_guidance": MAX_GUIDANCE},
-        "features": {feature: not missing_api(*names) for feature, names in _NEEDS.items()},
     }  # fmt: skip
 
 
@@ -261,10 +253,6 @@ def _too_large(size: int, limit: int) -> Response:
 
 def _busy(e: QueueFull) -> Response:
     return _message(429, str(e), {"Retry-After": str(e.retry_after)})
-
-
-def _not_implemented(feature: str, missing: list[str]) -> Response:
-    return _message(501, f"{feature} needs ddim.{', ddim.'.join(missing)}, which this ddim lacks (issue 4)")
 
 
 def _field_error(where: str, message: str) -> Response:

@@ -5,13 +5,13 @@ library's own functions, so the API refuses exactly what `ddim.sample` would."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from ddim import samplers
 from ddim.guidance import MAX_GUIDANCE, check_guidance, conditioning
 from ddim.models import Model
-from ddim.sampling import Sampler, check_eta
 from ddim.schedule import Spacing
 from ddim.serve.limits import Limits
 
@@ -40,9 +40,8 @@ def request_models(model: Model, limits: Limits) -> Requests:
         model_config = strict
         n: int = Field(4, ge=1, le=limits.max_n, description="number of images")
         steps: int = Field(20, ge=1, le=max_steps, description="sampling steps S")
-        sampler: Sampler = Field(
-            "ddim",
-            description="ddim (any η), ddpm (η = 1), ddpm-large (σ̂), dpm-solver++, unipc or plms (η = 0)",
+        sampler: Literal[samplers.names()] = Field(  # type: ignore[valid-type]
+            "ddim", description="; ".join(f"{s.name}: {s.summary}" for s in samplers.registry().values())
         )
         eta: float | None = Field(None, ge=0, le=1, description="η for sampler ddim (default 0)")
         spacing: Spacing = Field("uniform", description="the timestep sub-sequence")
@@ -59,7 +58,7 @@ def request_models(model: Model, limits: Limits) -> Requests:
         @field_validator("eta")
         @classmethod
         def _eta_only_for_ddim(cls, eta: float | None, info: ValidationInfo) -> float | None:
-            check_eta(info.data.get("sampler", "ddim"), eta)
+            samplers.check_eta(info.data.get("sampler", "ddim"), eta)
             return eta
 
         @field_validator("classes")

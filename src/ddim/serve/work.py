@@ -1,9 +1,5 @@
 """The server's jobs: sample (with previews), interpolate and invert, each a function of the
-model, its parameters and a cancel event, run on the job thread (see `jobs`).
-
-Interpolation and inversion use issue 4's public API (`ddim.slerp`, `ddim.seeded_latents`,
-`ddim.invert`); `missing_api` names what this ddim lacks so the server can answer 501.
-"""
+model, its parameters and a cancel event, run on the job thread (see `jobs`)."""
 
 from __future__ import annotations
 
@@ -17,19 +13,14 @@ import torch
 from torch import Tensor
 
 import ddim
+from ddim.denoising import StepInfo
 from ddim.models import Model
-from ddim.sampling import Sampler, StepInfo
 from ddim.schedule import Spacing, timesteps
 from ddim.serve.images import data_url, png_bytes
 from ddim.serve.jobs import check_cancelled
 
 PREVIEWS = 20  # previews streamed per sampling run, at most
 Emit = Callable[[str, dict], None]  # (event name, JSON-able data), called on the job thread
-
-
-def missing_api(*names: str) -> list[str]:
-    """The names among `names` that the installed ddim does not export."""
-    return [name for name in names if not hasattr(ddim, name)]
 
 
 @dataclass(frozen=True)
@@ -57,7 +48,7 @@ def run_sample(
     n: int,
     steps: int,
     eta: float | None,
-    sampler: Sampler,
+    sampler: str,
     spacing: Spacing,
     seed: int,
     nrow: int | None = None,

@@ -226,12 +226,6 @@ async function setUp() {
   n.value = Math.min(Number(n.value), limits.max_n);
   $("#interpolate-form").elements.frames.max = limits.max_frames;
   if (info.num_classes) showClasses(info, limits.max_guidance);
-  for (const [feature, available] of Object.entries(info.features)) {
-    if (!available) {
-      $(`#${feature}-button`).disabled = true;
-      setState($(`#${feature}`), "error", "not available: this ddim lacks the functions it needs");
-    }
-  }
 }
 
 $("#sample-form").addEventListener("submit", sample);
