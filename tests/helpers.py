@@ -60,6 +60,24 @@ def run_diffusers(
     return scheduler.timesteps, torch.stack(xs), torch.stack(x0s)
 
 
+def diffusers_dpm_solver(
+    net: Callable[[Tensor, Tensor], Tensor], x: Tensor, ts: list[int], **config
+) -> Tensor:
+    """x after diffusers' DPMSolverMultistepScheduler ("dpmsolver++", final_sigmas_type="zero",
+    the linear T = 1000 schedule, `config` on top) runs explicit timesteps `ts` from x, in float32."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
+        algorithm_type="dpmsolver++", final_sigmas_type="zero", prediction_type="epsilon", **config,
+    )  # fmt: skip
+    scheduler.set_timesteps(timesteps=ts)
+    y = x.float()
+    for t in scheduler.timesteps:
+        y = scheduler.step(net(y, torch.full((len(y),), int(t))), t, y).prev_sample
+    return y
+
+
 def perturb_vectors(net: torch.nn.Module) -> torch.nn.Module:
     """Move every 1-D parameter (biases, GroupNorm scales and shifts, which start at 0 and 1) by
     0.1·N(0, 1), so that a mapping that swaps or drops them cannot pass an equality test."""

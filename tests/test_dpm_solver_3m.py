@@ -15,6 +15,7 @@ from ddim.schedule import NoiseSchedule
 from ddim.serve.limits import Limits
 from ddim.serve.schemas import request_models
 from ddim.toy import MixtureDenoiser
+from helpers import diffusers_dpm_solver
 
 SCHEDULE = NoiseSchedule.linear(1000, 1e-4, 0.02)
 MEANS = torch.tensor([[-1.0, 0.5], [0.8, -0.3], [0.2, 1.0]], dtype=torch.float64)
@@ -26,19 +27,11 @@ def test_dpm_solver_3m_matches_diffusers():
     4.3) for the sequence ending at 0, 1.2e-6 for the one ending at 20 — the 2M solver against
     diffusers on the same first case: 2.4e-5. Tolerance 5e-5 of the scale; the third-order
     steps move the result from 2M's by 2.8e-2 or more, over 100× that."""
-    diffusers = pytest.importorskip("diffusers")
+    pytest.importorskip("diffusers")
     net = MixtureDenoiser(SCHEDULE, MEANS, 0.1)
     x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for ts in ([999, 800, 600, 400, 200, 0], [999, 900, 700, 500, 200, 100, 50, 20]):
-        scheduler = diffusers.DPMSolverMultistepScheduler(
-            num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-            solver_order=3, algorithm_type="dpmsolver++", lower_order_final=False,
-            final_sigmas_type="zero", prediction_type="epsilon",
-        )  # fmt: skip
-        scheduler.set_timesteps(timesteps=ts)
-        y = x.float()
-        for t in scheduler.timesteps:
-            y = scheduler.step(net(y, torch.full((len(y),), int(t))), t, y).prev_sample
+        y = diffusers_dpm_solver(net, x, ts, solver_order=3, lower_order_final=False)
         ours = denoise(net, x, SCHEDULE, [*ts, -1], sampler="dpm-solver++3m")
         scale = y.abs().max().item()
         torch.testing.assert_close(ours, y.double(), rtol=0, atol=5e-5 * scale)

@@ -25,7 +25,7 @@ from ddim.serve.schemas import request_models
 from ddim.solvers import ADAMS_BASHFORTH, unic_data
 from ddim.toy import MixtureDenoiser, probability_flow
 from ddim.update import Evaluation
-from helpers import run_cli
+from helpers import diffusers_dpm_solver, run_cli
 
 SCHEDULE = NoiseSchedule.linear()
 SOLVERS = ["dpm-solver++", "unipc", "plms"]
@@ -188,18 +188,10 @@ def test_dpm_solver_matches_diffusers():
     """diffusers' DPMSolverMultistepScheduler (solver_order=2, "dpmsolver++", midpoint) with our
     timesteps, lower_order_final and final_sigmas_type="zero" (its last step, to σ = 0, is first
     order like ours). diffusers keeps σ and the sample in float32: agreement to 1e-4."""
-    diffusers = pytest.importorskip("diffusers")
+    pytest.importorskip("diffusers")
     net, x = _mixture(), _x(32)
     for ts in ([999, 800, 600, 400, 200, 0], [999, 900, 700, 500, 200, 100, 50, 20]):
-        scheduler = diffusers.DPMSolverMultistepScheduler(
-            num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
-            solver_order=2, algorithm_type="dpmsolver++", solver_type="midpoint", lower_order_final=True,
-            final_sigmas_type="zero", prediction_type="epsilon",
-        )  # fmt: skip
-        scheduler.set_timesteps(timesteps=ts)
-        y = x.float()
-        for t in scheduler.timesteps:
-            y = scheduler.step(net(y, torch.full((len(y),), int(t))), t, y).prev_sample
+        y = diffusers_dpm_solver(net, x, ts, solver_order=2, solver_type="midpoint", lower_order_final=True)
         ours = denoise(net, x, SCHEDULE, [*ts, -1], sampler="dpm-solver++")
         torch.testing.assert_close(ours, y.double(), rtol=0, atol=1e-4)
         assert (ours - denoise(net, x, SCHEDULE, [*ts, -1])).abs().max() > 0.05  # not DDIM's result
