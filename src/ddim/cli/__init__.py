@@ -14,11 +14,13 @@ from ddim.checkpoint import CheckpointError
 from ddim.cli import (
     consistency,
     convert,
+    download,
     edit,
     evaluate,
     info,
     interpolate,
     invert,
+    models,
     reconstruct,
     sample,
     serve,
@@ -30,6 +32,7 @@ from ddim.training import TrainingError
 
 SUBCOMMANDS = (
     sample, invert, reconstruct, interpolate, edit, consistency, train, evaluate, info, convert, serve,
+    models, download,
 )  # fmt: skip
 
 
