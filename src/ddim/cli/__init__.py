@@ -17,6 +17,7 @@ from ddim.cli import (
     download,
     edit,
     evaluate,
+    export,
     info,
     interpolate,
     invert,
@@ -32,7 +33,7 @@ from ddim.training import TrainingError
 
 SUBCOMMANDS = (
     sample, invert, reconstruct, interpolate, edit, consistency, train, evaluate, info, convert, serve,
-    models, download,
+    models, download, export,
 )  # fmt: skip
 
 
