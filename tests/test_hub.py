@@ -12,6 +12,7 @@ import hashlib
 import io
 
 import pytest
+import safetensors.torch
 import torch
 
 import ddim
@@ -206,3 +207,97 @@ def test_unknown_name_is_refused(served, capsys):
     code, _, err = run_cli(capsys, "download", "ddpm-imagenet")
     assert code == 2
     assert "unknown model name 'ddpm-imagenet'; known: ddpm-cifar10" in err
+
+
+# --- Hugging Face Hub ids, through huggingface_hub against a loopback Hub -------------------
+
+REPO = "someone/ddpm-tiny"
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch, make_tiny_model):
+    """(the server, the model its repository holds): a diffusers DDPMPipeline folder as a Hub repo."""
+    pytest.importorskip("huggingface_hub")
+    from huggingface_hub import constants
+
+    from ddim.export import to_diffusers
+
+    model = make_tiny_model(5)
+    folder = to_diffusers(model, tmp_path / "repo")
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    for var in ("DDIM_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    with Loopback(files, hub_repo=REPO) as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url)
+        yield server, model
+
+
+def test_a_hub_id_is_fetched_once_into_the_hub_cache(fake_hub, tmp_path, monkeypatch):
+    server, model = fake_hub
+    loaded = ddim.load(REPO)
+    assert_same_weights(loaded, model.net.state_dict())
+    assert torch.equal(loaded.schedule.betas, model.schedule.betas)
+    assert loaded.info["imported_from"] == f"hf://{REPO}"
+    assert loaded.info["snapshot"].startswith(str(tmp_path / "hf-cache"))
+    fetched = [p for m, p, _ in server.requests if m == "GET" and "/resolve/" in p]
+    assert sorted(p.rsplit("/", 1)[-1] for p in fetched) == [
+        "config.json", "diffusion_pytorch_model.safetensors", "model_index.json", "scheduler_config.json"
+    ]  # fmt: skip
+    server.requests.clear()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert_same_weights(ddim.load(REPO), model.net.state_dict())  # from the cache
+    assert server.requests == []
+
+
+def test_a_revision_is_pinned(fake_hub):
+    server, model = fake_hub
+    assert_same_weights(ddim.load(f"{REPO}@v1.0"), model.net.state_dict())
+    assert ("GET", f"/api/models/{REPO}/revision/v1.0", None) in server.requests
+    server.requests.clear()
+    ddim.load(f"{REPO}@{server.hub_commit}")  # a commit hash needs no look-up of the revision
+    assert not any("/revision/" in p for _, p, _ in server.requests)
+
+
+def test_old_repositories_with_bin_weights_load(fake_hub):
+    server, model = fake_hub
+    weights = server.files.pop("unet/diffusion_pytorch_model.safetensors")
+    buffer = io.BytesIO()
+    torch.save(safetensors.torch.load(weights), buffer)
+    server.files["unet/diffusion_pytorch_model.bin"] = buffer.getvalue()
+    assert_same_weights(ddim.load(REPO), model.net.state_dict())
+
+
+def test_hub_offline_with_nothing_cached_is_one_line(fake_hub, capsys, monkeypatch):
+    server, _ = fake_hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli(capsys, "sample", "--model", REPO)
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert f"{REPO}@main is not in the Hub cache" in line
+    assert "the network is off" in line
+    assert server.requests == []
+
+
+def test_an_unknown_hub_repository_is_one_line(fake_hub, capsys):
+    code, _, err = run_cli(capsys, "info", "someone/missing")
+    assert code == 2
+    (line,) = err.strip().splitlines()
+    assert "no model someone/missing on the Hub" in line
+
+
+def test_download_fetches_a_hub_id(fake_hub, capsys):
+    code, out, err = run_cli(capsys, "download", REPO, "--quiet")
+    assert code == 0, err
+    assert out.startswith("cached: ")
+    assert "snapshots" in out
+
+
+def test_info_describes_the_cached_copy(fake_hub, served, capsys):
+    code, out, err = run_cli(capsys, "info", REPO)
+    assert code == 0, err
+    assert "format:         diffusers UNet2DModel folder" in out
+    code, out, err = run_cli(capsys, "info", NAME)
+    assert code == 0, err
+    assert "format:         native ddim checkpoint" in out
+    assert f"{hub.cached_path(NAME).stat().st_size:,} bytes" in out
