@@ -146,13 +146,16 @@ def test_404_is_one_line_and_leaves_nothing(served, tmp_path, capsys):
     assert cache_files(tmp_path) == []
 
 
-def test_unreachable_host_names_the_url_and_the_cache_path(served, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("name", [NAME, "ddpm-cifar10"])
+def test_unreachable_host_names_the_url_and_the_cache_path(served, tmp_path, capsys, monkeypatch, name):
     monkeypatch.setenv("DDIM_MIRROR", "http://127.0.0.1:9")  # the discard port: nothing listens
-    code, _, err = run_cli(capsys, "sample", "--model", NAME)
+    code, _, err = run_cli(capsys, "sample", "--model", name)
     assert code == 2
     (line,) = err.strip().splitlines()
-    assert line.startswith(f"ddim sample: error: cannot reach http://127.0.0.1:9/{PATH} (")
-    assert str(hub.cached_path(NAME)) in line
+    assert line.startswith(
+        f"ddim sample: error: cannot reach http://127.0.0.1:9/{hub.PUBLISHED[name].path} ("
+    )
+    assert line.endswith(f"[{name} would be cached at {hub.cached_path(name)}]")
     assert cache_files(tmp_path) == []
 
 

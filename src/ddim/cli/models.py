@@ -8,12 +8,21 @@ from ddim import hub
 from ddim.checkpoint import builtin_names
 
 
+MODELS_EXAMPLES = """examples:
+  ddim models                                  known names; cached files and their sizes
+  DDIM_HOME=/data/ddim ddim models             another cache folder
+  ddim download ddpm-cifar10                   fetch one now (--model NAME fetches on first use)
+"""
+
+
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "models",
         help="list the built-in and published models, and what is cached",
         description="List the built-in models, the published models known by name (downloaded on "
         "first use, or with ddim download) and the cache they are kept in ($DDIM_HOME).",
+        epilog=MODELS_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.set_defaults(func=run)
 
