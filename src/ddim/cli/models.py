@@ -7,7 +7,6 @@ import argparse
 from ddim import hub
 from ddim.checkpoint import builtin_names
 
-
 MODELS_EXAMPLES = """examples:
   ddim models                                  known names; cached files and their sizes
   DDIM_HOME=/data/ddim ddim models             another cache folder
