@@ -57,33 +57,30 @@ class Published:
 
 
 _CIFAR10, _LSUN = 35_746_307, 113_673_219  # parameters of the two official architectures
+# pesser/pytorch_diffusion ckpt_util.py, per model: (its name, training step, dataset, resolution,
+# parameters, (heibox id, MD5) of the EMA weights, (heibox id, MD5) of the training weights)
+_OFFICIAL = (
+    ("cifar10", 790000, "CIFAR-10", 32, _CIFAR10,
+     ("2e4f01e2d9ee49bab1d5", "1fa350b952534ae442b1d5235cce5cd3"),
+     ("869980b53bf5416c8a28", "82ed3067fd1002f5cf4c339fb80c4669")),
+    ("lsun_church", 4432000, "LSUN church", 256, _LSUN,
+     ("44ccb50ef3c6436db52e", "fdc68a23938c2397caba4a260bc2445f"),
+     ("2711a6f712e34b06b9d8", "eb619b8a5ab95ef80f94ce8a5488dae3")),
+    ("lsun_bedroom", 2388000, "LSUN bedroom", 256, _LSUN,
+     ("b95206528f384185889b", "1921fa46b66a3665e450e42f36c2720f"),
+     ("f179d4f21ebc4d43bbfe", "f70280ac0e08b8e696f42cb8e948ff1c")),
+    ("lsun_cat", 1761000, "LSUN cat", 256, _LSUN,
+     ("0701aac3aa69457bbe34", "646f23f4821f2459b8bafc57fd824558"),
+     ("fac870bd988348eab88e", "bbee0e7c3d7abfb6e2539eaf2fb9987b")),
+)  # fmt: skip
 PUBLISHED: dict[str, Published] = {
     p.name: p
+    for key, step, dataset, resolution, parameters, ema, raw in _OFFICIAL
     for p in (
-        Published("ddpm-cifar10", "ema_cifar10", "2e4f01e2d9ee49bab1d5",
-                  "ema_diffusion_cifar10_model/model-790000.ckpt", "1fa350b952534ae442b1d5235cce5cd3",
-                  "CIFAR-10", 32, _CIFAR10),
-        Published("ddpm-lsun-church", "ema_lsun_church", "44ccb50ef3c6436db52e",
-                  "ema_diffusion_lsun_church_model/model-4432000.ckpt", "fdc68a23938c2397caba4a260bc2445f",
-                  "LSUN church", 256, _LSUN),
-        Published("ddpm-lsun-bedroom", "ema_lsun_bedroom", "b95206528f384185889b",
-                  "ema_diffusion_lsun_bedroom_model/model-2388000.ckpt", "1921fa46b66a3665e450e42f36c2720f",
-                  "LSUN bedroom", 256, _LSUN),
-        Published("ddpm-lsun-cat", "ema_lsun_cat", "0701aac3aa69457bbe34",
-                  "ema_diffusion_lsun_cat_model/model-1761000.ckpt", "646f23f4821f2459b8bafc57fd824558",
-                  "LSUN cat", 256, _LSUN),
-        Published("ddpm-cifar10-non-ema", "cifar10", "869980b53bf5416c8a28",
-                  "diffusion_cifar10_model/model-790000.ckpt", "82ed3067fd1002f5cf4c339fb80c4669",
-                  "CIFAR-10", 32, _CIFAR10),
-        Published("ddpm-lsun-church-non-ema", "lsun_church", "2711a6f712e34b06b9d8",
-                  "diffusion_lsun_church_model/model-4432000.ckpt", "eb619b8a5ab95ef80f94ce8a5488dae3",
-                  "LSUN church", 256, _LSUN),
-        Published("ddpm-lsun-bedroom-non-ema", "lsun_bedroom", "f179d4f21ebc4d43bbfe",
-                  "diffusion_lsun_bedroom_model/model-2388000.ckpt", "f70280ac0e08b8e696f42cb8e948ff1c",
-                  "LSUN bedroom", 256, _LSUN),
-        Published("ddpm-lsun-cat-non-ema", "lsun_cat", "fac870bd988348eab88e",
-                  "diffusion_lsun_cat_model/model-1761000.ckpt", "bbee0e7c3d7abfb6e2539eaf2fb9987b",
-                  "LSUN cat", 256, _LSUN),
+        Published(f"ddpm-{key.replace('_', '-')}", f"ema_{key}", ema[0],
+                  f"ema_diffusion_{key}_model/model-{step}.ckpt", ema[1], dataset, resolution, parameters),
+        Published(f"ddpm-{key.replace('_', '-')}-non-ema", key, raw[0],
+                  f"diffusion_{key}_model/model-{step}.ckpt", raw[1], dataset, resolution, parameters),
     )
 }  # fmt: skip
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w./-]+)?$")
