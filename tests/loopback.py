@@ -2,7 +2,8 @@
 
 It serves `files` (path → bytes) with HTTP Range support, logs every request, and can misbehave
 per path (`faults`): "404", "truncate" (announce the whole length, send half, close), "stall"
-(send half, then nothing), "ignore-range" (answer a Range request with the whole file, 200).
+(send half, then nothing), "ignore-range" (answer a Range request with the whole file, 200),
+"wrong-range" (answer a Range request with the file from byte 1, 206).
 A fault is used once, so that the next attempt meets a healthy server. With `hub_commit` it also
 answers the few Hugging Face Hub API routes that `huggingface_hub.snapshot_download` calls
 (repository info, the file tree, HEAD/GET of `resolve/`), serving `files` as one repository.
@@ -76,7 +77,7 @@ def _handler(server: Loopback) -> type[BaseHTTPRequestHandler]:
             start = 0
             ranged = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
             if ranged and fault != "ignore-range":
-                start = int(ranged[1])
+                start = 1 if fault == "wrong-range" else int(ranged[1])
                 if start >= len(data):
                     return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
             headers = {"ETag": f'"{hashlib.sha256(data).hexdigest()}"', "X-Repo-Commit": server.hub_commit}

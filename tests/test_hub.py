@@ -114,6 +114,16 @@ def test_a_server_that_ignores_the_range_request_sends_it_all_again(served, tmp_
     assert cache_files(tmp_path) == [f"models/{NAME}.safetensors"]
 
 
+def test_a_range_answer_that_starts_elsewhere_starts_over(served, tmp_path):
+    server, data, state = served
+    hub.part_path(NAME).parent.mkdir(parents=True)
+    hub.part_path(NAME).write_bytes(data[:100])
+    server.faults[PATH] = "wrong-range"  # 206, but from byte 1: appending it would corrupt the file
+    assert_same_weights(ddim.load(NAME), state)
+    assert server.gets(f"/{PATH}") == ["bytes=100-", None]
+    assert cache_files(tmp_path) == [f"models/{NAME}.safetensors"]
+
+
 def test_a_part_as_long_as_the_file_starts_over(served, tmp_path):
     server, data, state = served
     hub.part_path(NAME).parent.mkdir(parents=True)

@@ -23,7 +23,7 @@ import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -97,8 +97,7 @@ def _open(
     except urllib.error.HTTPError as e:
         e.close()
         if e.code == 416 and offset:  # the part is already as long as the file, or longer: start over
-            part.unlink()
-            with _open(url, 0, timeout, part) as opened:
+            with _from_start(url, timeout, part) as opened:
                 yield opened
             return
         _drop_if_empty(part)
@@ -112,9 +111,22 @@ def _open(
             reason = f"no answer within {timeout:g} s"
         raise DownloadError(f"cannot reach {url} ({reason}); check the network connection") from None
     with response:
-        if offset and (response.status != 206 or _range_start(response) != offset):
+        if offset and response.status == 206 and _range_start(response) != offset:  # not the range asked
+            response.close()
+            with _from_start(url, timeout, part) as opened:
+                yield opened
+            return
+        if offset and response.status != 206:
             offset = 0  # the server ignored the Range request: it sends the whole file
         yield response, offset
+
+
+def _from_start(
+    url: str, timeout: float, part: Path
+) -> AbstractContextManager[tuple[http.client.HTTPResponse, int]]:
+    """Discard the part and ask for the whole file."""
+    part.unlink()
+    return _open(url, 0, timeout, part)
 
 
 def _range_start(response: http.client.HTTPResponse) -> int | None:
