@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
+import subprocess
+import sys
 
 import pytest
 import safetensors.torch
@@ -287,7 +290,7 @@ def test_hub_offline_with_nothing_cached_is_one_line(fake_hub, capsys, monkeypat
     code, _, err = run_cli(capsys, "sample", "--model", REPO)
     assert code == 2
     (line,) = err.strip().splitlines()
-    assert f"{REPO}@main is not in the Hub cache" in line
+    assert f"no such file or folder, and the Hub model {REPO}@main is not in the Hub cache" in line
     assert "the network is off" in line
     assert server.requests == []
 
@@ -296,7 +299,22 @@ def test_an_unknown_hub_repository_is_one_line(fake_hub, capsys):
     code, _, err = run_cli(capsys, "info", "someone/missing")
     assert code == 2
     (line,) = err.strip().splitlines()
-    assert "no model someone/missing on the Hub" in line
+    assert "no such file, and no model someone/missing on the Hub" in line
+
+
+def test_a_hub_id_offline_in_a_fresh_process_names_the_cache(tmp_path):
+    # a fresh interpreter: nothing of huggingface_hub imported beforehand, its default endpoint
+    pytest.importorskip("huggingface_hub")
+    env = {k: v for k, v in os.environ.items() if k != "HF_ENDPOINT"}
+    env.update(HF_HUB_CACHE=str(tmp_path / "hf-cache"), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-m", "ddim", "info", "someone/missing"],
+                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert f"the Hub model someone/missing@main is not in the Hub cache {tmp_path / 'hf-cache'}" in line
+    assert line.endswith(
+        "and the network is off (HF_HUB_OFFLINE/DDIM_OFFLINE) (https://huggingface.co/someone/missing)"
+    )
 
 
 def test_download_fetches_a_hub_id(fake_hub, capsys):

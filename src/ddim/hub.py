@@ -169,7 +169,7 @@ def load_hub(hub_id: str) -> Model:
 
 def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> str:
     try:
-        import huggingface_hub
+        from huggingface_hub import constants, snapshot_download
         from huggingface_hub.errors import (
             LocalEntryNotFoundError,
             RepositoryNotFoundError,
@@ -181,9 +181,9 @@ def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> str:
             "pip install 'ddim[hub]'"
         ) from None
     endpoint = os.environ.get("HF_ENDPOINT")  # read now, not when huggingface_hub was imported
-    where = f"{endpoint or huggingface_hub.constants.ENDPOINT}/{repo_id}"
+    where = f"{endpoint or constants.ENDPOINT}/{repo_id}"
     try:
-        return huggingface_hub.snapshot_download(
+        return snapshot_download(
             repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline(), endpoint=endpoint
         )
     except RevisionNotFoundError:
@@ -194,10 +194,11 @@ def _snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> str:
             "need `hf auth login`)"
         ) from None
     except LocalEntryNotFoundError:
-        cache = huggingface_hub.constants.HF_HUB_CACHE
+        cache = constants.HF_HUB_CACHE
         why = "the network is off (HF_HUB_OFFLINE/DDIM_OFFLINE)" if offline() else "cannot reach the Hub"
         raise DownloadError(
-            f"{repo_id}@{revision or 'main'} is not in the Hub cache {cache} and {why} ({where})"
+            f"no such file or folder, and the Hub model {repo_id}@{revision or 'main'} is not in the Hub "
+            f"cache {cache} and {why} ({where})"
         ) from None
     except (OSError, ValueError) as e:  # HTTP errors, a bad repo id, a full disk, ...
         raise DownloadError(f"{where}: {str(e).strip().splitlines()[0]}") from None
