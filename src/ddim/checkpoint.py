@@ -94,9 +94,10 @@ def save(model: Model, path: str | os.PathLike, dtype: torch.dtype | None = None
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> Model:
-    """A built-in model by name (see `builtin_names()`), or a path: a native checkpoint, a
-    diffusers UNet2DModel folder or an official DDPM/DDIM checkpoint (see `ddim.convert`)."""
-    from ddim import convert  # convert builds on this module: imported here, not at the top
+    """A built-in model by name (see `builtin_names()`), a path: a native checkpoint, a
+    diffusers UNet2DModel folder or an official DDPM/DDIM checkpoint (see `ddim.convert`), or a
+    published model: a short name like "ddpm-cifar10" or a Hugging Face Hub id (see `ddim.hub`)."""
+    from ddim import convert, hub  # they build on this module: imported here, not at the top
 
     key = str(name_or_path)
     if key in _BUILTIN_FACTORIES:
@@ -104,6 +105,8 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") ->
     elif (_weights_dir() / f"{key}.safetensors").is_file():
         with resources.as_file(_weights_dir() / f"{key}.safetensors") as path:
             model = load_native(path)
+    elif hub.resolves(key):  # downloaded once, then read from the cache
+        model = hub.load(key)
     else:
         path = Path(name_or_path)
         if not path.exists():

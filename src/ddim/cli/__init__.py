@@ -14,11 +14,14 @@ from ddim.checkpoint import CheckpointError
 from ddim.cli import (
     consistency,
     convert,
+    download,
     edit,
     evaluate,
+    export,
     info,
     interpolate,
     invert,
+    models,
     reconstruct,
     sample,
     serve,
@@ -30,6 +33,7 @@ from ddim.training import TrainingError
 
 SUBCOMMANDS = (
     sample, invert, reconstruct, interpolate, edit, consistency, train, evaluate, info, convert, serve,
+    models, download, export,
 )  # fmt: skip
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ddim import hub
 from ddim.checkpoint import builtin_names, load, read_metadata
 from ddim.cli._args import DEFAULT_MODEL
 from ddim.convert import FORMATS, detect
@@ -36,6 +37,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     model = load(args.model)
     path = Path(args.model)
+    if hub.resolves(args.model):  # a published model: describe its cached copy
+        path = hub.cached_path(args.model) if args.model in hub.PUBLISHED else Path(model.info["snapshot"])
     fmt = None if args.model in builtin_names() else detect(path)
     files = [path] if fmt is None or path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     report = {

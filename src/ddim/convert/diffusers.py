@@ -50,7 +50,7 @@ _SHAPE_FIELDS = (
     "down_block_types", "up_block_types", "num_train_timesteps",
 )  # fmt: skip
 _SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "GaussianDDPMScheduler")
-_PREDICTIONS: dict[str, Prediction] = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+PREDICTIONS: dict[str, Prediction] = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 
 
 def is_diffusers_folder(path: Path) -> bool:
@@ -66,7 +66,7 @@ def load_folder(path: str | os.PathLike) -> Model:
     theirs = {our_key_to_theirs(k, len(config.ch_mult)): (k, v) for k, v in net.state_dict().items()}
     state = _read_weights(unet_dir)
     expected = {
-        k: v.flatten(1) if _is_attn_linear(k) else v for k, (_, v) in theirs.items()
+        k: v.flatten(1) if is_attn_linear(k) else v for k, (_, v) in theirs.items()
     }  # (C, C, 1, 1) → (C, C)
     check_weights(state, expected, unet_dir)
     ours = {
@@ -227,7 +227,7 @@ def _leaf(head: str, rest: list[str], attn: bool) -> str:
     return ".".join([head, name, *rest[1:]])
 
 
-def _is_attn_linear(their_key: str) -> bool:  # diffusers' attention projections are nn.Linear
+def is_attn_linear(their_key: str) -> bool:  # diffusers' attention projections are nn.Linear
     return re.search(r"attentions\.\d+\.(to_q|to_k|to_v|to_out\.0)\.weight$", their_key) is not None
 
 
@@ -256,8 +256,8 @@ def schedule_from_diffusers(cfg: dict, where: Path) -> tuple[NoiseSchedule, Pred
     if cfg.get("rescale_betas_zero_snr", False):
         raise _refuse(where, "rescale_betas_zero_snr", True, "false (ᾱ_T = 0 has no Gaussian x_T)")
     prediction = cfg.get("prediction_type", "epsilon")
-    if prediction not in _PREDICTIONS:
-        raise _refuse(where, "prediction_type", prediction, " or ".join(_PREDICTIONS))
+    if prediction not in PREDICTIONS:
+        raise _refuse(where, "prediction_type", prediction, " or ".join(PREDICTIONS))
     T = cfg.get("num_train_timesteps", cfg.get("timesteps", 1000))
     start, end = cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02)
     kind = cfg.get("beta_schedule", "linear")
@@ -274,4 +274,4 @@ def schedule_from_diffusers(cfg: dict, where: Path) -> tuple[NoiseSchedule, Pred
             schedule = NoiseSchedule.cosine(T)
     except (ValueError, TypeError) as e:
         raise CheckpointError(f"{where}: {e}") from None
-    return schedule, _PREDICTIONS[prediction]
+    return schedule, PREDICTIONS[prediction]
