@@ -12,6 +12,7 @@ executes code from a file: `load` also reads the foreign formats of `ddim.conver
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import warnings
@@ -33,6 +34,7 @@ from ddim.schedule import NoiseSchedule
 from ddim.toy import MixtureDenoiser, toy_model
 
 FORMAT, FORMAT_VERSION = "ddim", 1
+MAX_SAMPLE_VALUES = 2**26  # values in one sample (C·H·W) a checkpoint may declare: 4096×4096×4
 _NETS: dict[str, Callable[[dict, NoiseSchedule], nn.Module]] = {
     "unet": lambda cfg, schedule: UNet(UNetConfig.from_dict(cfg)),
     "gaussian-mixture": MixtureDenoiser.from_config,
@@ -181,20 +183,29 @@ def load_native(path: str | os.PathLike) -> Model:
         kind = net_cfg.get("type")
         if kind not in _NETS:
             raise ValueError(f"unknown net type {kind!r} (known: {', '.join(_NETS)})")
-        net = _NETS[kind](net_cfg, schedule)
         shape, info, names = meta["image_shape"], meta.get("info") or {}, meta.get("class_names", [])
         if not (isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape)):
             raise ValueError(f"image_shape must be a list of positive integers, got {shape!r}")
+        if math.prod(shape) > MAX_SAMPLE_VALUES:
+            raise ValueError(
+                f"image_shape {shape} has {math.prod(shape):,} values a sample; at most "
+                f"{MAX_SAMPLE_VALUES:,} are accepted (a damaged or forged file?)"
+            )
+        with torch.device("meta"):  # shapes only, no memory: the config may claim any size
+            skeleton = _NETS[kind](net_cfg, schedule)
         shape = tuple(shape)
-        model = Model(net, schedule, shape, meta["prediction"], info, tuple(names))
-        takes = _INPUT_SHAPES[kind](net.config)
+        model = Model(skeleton, schedule, shape, meta["prediction"], info, tuple(names))
+        takes = _INPUT_SHAPES[kind](skeleton.config)
         if model.image_shape != takes:
             raise ValueError(f"image_shape {list(shape)} is not the network's input shape {list(takes)}")
     except (KeyError, ValueError, TypeError) as e:
         missing = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"{path}: invalid checkpoint config: {missing}") from None
     state = {k: v for k, v in tensors.items() if k.startswith("net.")}
-    check_weights(state, {f"net.{k}": v for k, v in net.state_dict().items()}, path)
+    # the file's tensors are real (safetensors checks them against the file's size): a config
+    # that claims a larger network is refused here, before that network is built
+    check_weights(state, {f"net.{k}": v for k, v in skeleton.state_dict().items()}, path)
+    net = _NETS[kind](net_cfg, schedule)
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
     return Model(net.eval(), schedule, model.image_shape, model.prediction, model.info, model.class_names)
 

@@ -243,20 +243,21 @@ async def _read_upload(request: Request, limit: int) -> bytes | Response:
     """The request body, refused with 413 past `limit` bytes (before reading, if it says so)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        return _too_large(int(declared), limit)
+        return _too_large(limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            return _too_large(size, limit)
+            return _too_large(limit)
         chunks.append(chunk)
     if size == 0:
         return _field_error("body", "empty upload: send an image file as the request body")
     return b"".join(chunks)
 
 
-def _too_large(size: int, limit: int) -> Response:
-    return _message(413, f"the upload has {size} bytes or more; at most {limit}")
+def _too_large(limit: int) -> Response:
+    size_text = f"{limit // 1024:,} KiB" if limit >= 1024 else f"{limit} bytes"
+    return _message(413, f"the file is too large: the server takes uploads of at most {size_text}")
 
 
 def _busy(e: QueueFull) -> Response:
