@@ -2,16 +2,28 @@
 folders killed or tampered with, full disks, bad converter configs, library edge cases. The
 malformed inputs are generated here (tests/corpus.py)."""
 
+import errno
 import io
+import os
+import shutil
+import signal
 import tracemalloc
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
 import ddim
+from conftest import tiny_unet_model
 from corpus import bad_dds, forge_checkpoint, image_files, npy_with_header, write_npz
+from ddim import runs, training
 from ddim.data import DataError, load_images, read_npz
+from ddim.runs import RunFolder
+from ddim.train_config import TrainConfig, load_toml, to_toml
+from ddim.training import train
 from helpers import run_cli
 from test_cli_errors import assert_refused
 
@@ -147,3 +159,221 @@ def test_npz_arrays_read_back_exactly_in_every_layout(tmp_path):
             assert got[k].dtype == v.dtype
         assert read_npz(tmp_path / "a.npz", ["f"], limit=2)["f"].tolist() == arrays["f"][:2].tolist()
     assert zipfile.is_zipfile(tmp_path / "a.npz")
+
+
+# -- 5. runs killed at any moment --------------------------------------------------------------
+
+RUN = {"net": {"resolution": 8, "in_channels": 1, "out_channels": 1, "ch": 8, "ch_mult": [1, 2],
+               "num_res_blocks": 1, "attn_resolutions": [4], "dropout": 0.1, "norm_groups": 4},
+       "steps": 4, "batch_size": 4, "warmup_steps": 1, "log_every": 1, "checkpoint_every": 2,
+       "sample_every": 2, "sample_n": 2, "sample_steps": 2, "num_timesteps": 20, "hflip": True}  # fmt: skip
+
+
+class Killed(BaseException):
+    """The process dying (kill -9) just before a file goes into place."""
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    """A tiny run's config file, and the argv that starts it."""
+    data = tmp_path / "data.npz"
+    np.savez(data, x_train=np.random.default_rng(0).integers(0, 256, size=(12, 8, 8), dtype=np.uint8))
+    config = tmp_path / "run.toml"
+    config.write_text(to_toml(TrainConfig.from_dict({**RUN, "data": str(data)}).to_dict()))
+    return config
+
+
+def kill_at(monkeypatch, moment: int | None) -> list[str]:
+    """Make the `moment`-th file that atomic_write puts into place kill the run instead (its
+    temporary file left behind, as a real kill leaves it); returns the names put into place."""
+    replace, placed = os.replace, []
+
+    def dying_replace(src, dst):
+        if len(placed) + 1 == moment:
+            shutil.copy(src, f"{src}.left.tmp")
+            raise Killed
+        placed.append(Path(dst).name)
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dying_replace)
+    return placed
+
+
+def finish_as_documented(capsys, recipe, out) -> None:
+    """`ddim train --out RUN --resume` (a run folder with a config), else the first command again."""
+    argv = ["--resume"] if (out / "config.toml").exists() else ["--config", recipe]
+    code, _, err = run_cli(capsys, "train", "--out", out, *argv, "--quiet")
+    assert code == 0, err
+
+
+def weights(out):
+    return load_file(out / "model.safetensors")
+
+
+def test_a_run_killed_at_any_moment_finishes_with_the_uninterrupted_model(
+    capsys, tmp_path, recipe, monkeypatch
+):
+    placed = kill_at(monkeypatch, None)
+    config = TrainConfig.from_dict(load_toml(recipe))
+    train(config, tmp_path / "whole", progress=False)
+    reference, moments = weights(tmp_path / "whole"), len(placed)
+    assert placed[-2:] == ["loss.png", "model.safetensors"]
+    assert moments >= 9  # config, 2 × (sample grid, state, model), loss curve, model
+    for moment in range(1, moments + 1):
+        out = tmp_path / f"killed-{moment}"
+        kill_at(monkeypatch, moment)
+        with pytest.raises(Killed):
+            train(config, out, progress=False)
+        monkeypatch.undo()
+        finish_as_documented(capsys, recipe, out)
+        got = weights(out)
+        assert all(torch.equal(got[k], reference[k]) for k in reference), f"killed at moment {moment}"
+        assert [r["step"] for r in RunFolder(out).records()] == [1, 2, 3, 4]
+
+
+def test_a_finished_run_is_not_trained_again(capsys, tmp_path, recipe):
+    code, _, err = run_cli(capsys, "train", "--config", recipe, "--out", tmp_path / "run", "--quiet")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--out", tmp_path / "run", "--resume", "--quiet")
+    assert_refused(code, err, "is at step 4, and steps=4: nothing to train")
+
+
+@pytest.mark.parametrize("where", ["load_images", "UNet"])
+def test_sigterm_before_the_first_step_exits_130_saying_what_to_run(
+    capsys, tmp_path, recipe, monkeypatch, where
+):
+    real = getattr(training, where)
+
+    def signalled(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at the next bytecode, inside this call
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, where, signalled)
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(capsys, "train", "--config", recipe, "--out", out, "--quiet")
+    assert code == 130, err
+    assert err == ""
+    assert stdout.startswith("interrupted before the first training step: nothing needed saving\n")
+    assert ("--resume" in stdout) == (where == "UNet")  # the data loads before the folder is made
+    monkeypatch.undo()
+    finish_as_documented(capsys, recipe, out)
+    train(TrainConfig.from_dict(load_toml(recipe)), tmp_path / "whole", progress=False)
+    reference = weights(tmp_path / "whole")
+    assert all(torch.equal(weights(out)[k], reference[k]) for k in reference)
+
+
+# -- 6. a full disk while checkpointing ----------------------------------------------------------
+
+
+class FullDisk(io.RawIOBase):
+    """A file on a disk that fills after `room` bytes."""
+
+    def __init__(self, room: int):
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.room -= len(data)
+        return len(data)
+
+
+@pytest.mark.parametrize("room", [0, 3000])  # full at once, or part-way through torch's zip
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_run_resumes(
+    capsys, tmp_path, recipe, monkeypatch, room
+):
+    out = tmp_path / "run"
+    real_save = runs._torch_save
+
+    def full_at_step_4(obj, f):
+        return real_save(obj, FullDisk(room) if obj["step"] == 4 else f)
+
+    monkeypatch.setattr(runs, "_torch_save", full_at_step_4)
+    code, _, err = run_cli(capsys, "train", "--config", recipe, "--out", out, "--quiet")
+    assert_refused(code, err, f"cannot write {out / 'checkpoints' / 'step-00000004.state.pt'}: No space left")
+    assert RunFolder(out).steps() == [2]  # the last good checkpoint stays
+    monkeypatch.undo()
+    finish_as_documented(capsys, recipe, out)
+    assert RunFolder(out).steps() == [2, 4]
+
+
+# -- 7. tampered run folders ---------------------------------------------------------------------
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch ran-code",))
+
+
+def _tamper_state(path: Path, change) -> None:
+    torch.save(change(torch.load(path, weights_only=True)), path)
+
+
+def _without_net(state):
+    return {k: v for k, v in state.items() if k != "net"}
+
+
+def _wrong_shape(state):
+    return {**state, "net": {**state["net"], "conv_in.weight": torch.zeros(3)}}
+
+
+def _wrong_optimizer(state):
+    moments = state["optimizer"]["state"]
+    return {
+        **state,
+        "optimizer": {
+            **state["optimizer"],
+            "state": {**moments, 0: {**moments[0], "exp_avg": torch.zeros(2)}},
+        },
+    }
+
+
+def _other_ema(path: Path) -> None:
+    ddim.save(tiny_unet_model(ch=16), path.with_name(path.name.replace(".state.pt", ".safetensors")))
+
+
+TAMPERINGS = {
+    "no-net": (
+        lambda p: _tamper_state(p, _without_net),
+        "the training state is damaged (missing or wrong: ['net'])",
+    ),
+    "wrong-shape": (
+        lambda p: _tamper_state(p, _wrong_shape),
+        "conv_in.weight has shape (3,), the architecture needs",
+    ),
+    "optimizer-shape": (
+        lambda p: _tamper_state(p, _wrong_optimizer),
+        "the optimizer's exp_avg has shape (2,) for a",
+    ),
+    "pickle-runs-code": (lambda p: torch.save(RunsCode(), p), "loading it could run code"),
+    "not-a-pickle": (lambda p: p.write_bytes(b"garbage"), "is not a PyTorch checkpoint"),
+    "ema-wrong-net": (_other_ema, "the architecture needs"),
+}
+
+
+@pytest.mark.filterwarnings("error")  # a torch warning would be more lines of output
+@pytest.mark.parametrize("name", sorted(TAMPERINGS))
+def test_a_tampered_checkpoint_is_refused_in_one_line(capsys, tmp_path, recipe, monkeypatch, name):
+    out = tmp_path / "run"
+    run_cli(capsys, "train", "--config", recipe, "--out", out, "--steps", 2, "--quiet")
+    tamper, message = TAMPERINGS[name]
+    tamper(out / "checkpoints" / "step-00000002.state.pt")
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--steps", 4, "--quiet")
+    assert_refused(code, err, "step-00000002.", message)
+    assert not (tmp_path / "ran-code").exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "number"), [('{"loss": 0.5}', 2), ('{"step": 1, "loss": "low"}', 2), ("[1]", 2)]
+)
+def test_a_tampered_log_line_is_refused_in_one_line(capsys, tmp_path, recipe, line, number):
+    out = tmp_path / "run"
+    run_cli(capsys, "train", "--config", recipe, "--out", out, "--steps", 2, "--quiet")
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    (out / "metrics.jsonl").write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
+    code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--steps", 4, "--quiet")
+    assert_refused(code, err, f"metrics.jsonl: line {number} is not a log record")

@@ -247,13 +247,12 @@ def read_torch_file(path: str | os.PathLike) -> object:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from None
+        raise CheckpointError(f"cannot read {path}: {first_line(e)}") from None
     # Not a blanket default: a damaged file makes torch's unpickler fail with almost any
     # exception type (KeyError, IndexError, struct.error, ...); each becomes one line here.
     except Exception as e:
-        _, marker, rest = str(e).partition("WeightsUnpickler error:")
-        if isinstance(e, pickle.UnpicklingError) and marker:  # torch's own refusal, many lines long
-            why = rest.strip().splitlines()[0].split(". ")[0] if rest.strip() else "no reason given"
+        why = _weights_only_refusal(e)
+        if why is not None:
             if why.startswith("Unsupported operand"):  # a pickle opcode torch.save never writes
                 raise CheckpointError(
                     f"{path} is not a PyTorch checkpoint: a pickle that torch.save did not write ({why})"
@@ -263,15 +262,30 @@ def read_torch_file(path: str | os.PathLike) -> object:
                 f"and plain containers, and loading it could run code ({why})"
             ) from None
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {_first_line(e)}"
+            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {first_line(e)}"
         ) from None
+
+
+def _weights_only_refusal(e: Exception) -> str | None:
+    """The reason in torch.load(weights_only=True)'s refusal, many lines long, or None if `e` is
+    another error. Torch 2.4-2.5 mark it "WeightsUnpickler error:"; later versions put it after
+    a paragraph that begins "Weights only load failed"."""
+    text = str(e)
+    if not isinstance(e, pickle.UnpicklingError) or not (
+        "WeightsUnpickler error:" in text or text.startswith("Weights only load failed")
+    ):
+        return None
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (rest if marker else text).splitlines() if line.strip()]
+    reasons = [line for line in lines[0 if marker else 1 :] if not line.startswith("Check the documentation")]
+    return reasons[0].split(". ")[0].removesuffix(".") if reasons else "no reason given"
 
 
 def _few(keys: list[str], n: int = 3) -> str:
     return f"{keys[:n]}{f' and {len(keys) - n} more' if len(keys) > n else ''}"
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     """'Type: first line of the message', for one-line errors."""
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
