@@ -5,6 +5,7 @@ malformed inputs are generated here (tests/corpus.py)."""
 import errno
 import io
 import os
+import re
 import shutil
 import signal
 import tracemalloc
@@ -377,3 +378,35 @@ def test_a_tampered_log_line_is_refused_in_one_line(capsys, tmp_path, recipe, li
     (out / "metrics.jsonl").write_text("\n".join([lines[0], line, *lines[1:]]) + "\n")
     code, _, err = run_cli(capsys, "train", "--out", out, "--resume", "--steps", 4, "--quiet")
     assert_refused(code, err, f"metrics.jsonl: line {number} is not a log record")
+
+
+# -- 10. library edges ---------------------------------------------------------------------------
+
+
+def _returns_none(x, t):
+    return None
+
+
+def _returns_one_channel_too_many(x, t):
+    return torch.zeros(x.shape[0], x.shape[1] + 1, *x.shape[2:])
+
+
+@pytest.mark.parametrize(
+    ("eps_fn", "got"), [(_returns_none, "NoneType"), (_returns_one_channel_too_many, "shape (2, 2, 4, 4)")]
+)
+def test_a_callable_returning_the_wrong_thing_is_a_value_error_naming_it(eps_fn, got):
+    schedule = ddim.NoiseSchedule.linear(10)
+    with pytest.raises(ValueError, match=rf"the model {eps_fn.__name__} returned {re.escape(got)} for an "
+                       r"input of shape \(2, 1, 4, 4\)"):  # fmt: skip
+        ddim.sample(eps_fn, noise=torch.zeros(2, 1, 4, 4), schedule=schedule, steps=2)
+    with pytest.raises(ValueError, match=f"the model {eps_fn.__name__} returned"):
+        ddim.invert(eps_fn, torch.zeros(2, 1, 4, 4), schedule=schedule, steps=2)
+
+
+def test_slerp_of_a_zero_or_non_finite_latent_is_refused_not_nan():
+    z = torch.randn(3, 4, 4, generator=torch.Generator().manual_seed(0))
+    for bad, message in ((torch.zeros_like(z), "is all zeros"), (z * torch.nan, "holds NaN or infinite")):
+        with pytest.raises(ValueError, match=f"z0 {message}"):
+            ddim.slerp(bad, z, 0.5)
+        with pytest.raises(ValueError, match=f"z1 {message}"):
+            ddim.slerp(z, bad, [0.0, 1.0])
