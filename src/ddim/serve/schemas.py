@@ -16,9 +16,7 @@ from ddim.schedule import Spacing
 from ddim.serve.limits import Limits
 
 MAX_SEED = 2**32 - 1  # JavaScript numbers hold it exactly
-_CLASS = [{"type": "integer"}, {"type": "string"}]  # JSON schemas of a class: an index, or a name
-_IMAGE_CLASSES = {"anyOf": [*_CLASS, {"type": "array", "items": {"anyOf": _CLASS}}, {"type": "null"}]}
-_FRAME_CLASS = {"anyOf": [*_CLASS, {"type": "null"}]}
+_NULL = {"type": "null"}
 _GUIDANCE = f"classifier-free guidance weight w in [0, {MAX_GUIDANCE:g}], with classes (default 1)"
 Guidance = Annotated[float, AfterValidator(check_guidance)]
 
@@ -35,6 +33,7 @@ def request_models(model: Model, limits: Limits) -> Requests:
     """Pydantic models for `model` (its classes; steps also ≤ its T) whose bounds are `limits`."""
     max_steps = limits.steps_cap(model.schedule.num_timesteps)
     strict = ConfigDict(extra="forbid", strict=True)  # no "3" for 3, no true for 1
+    image_classes, frame_class, guidance_schema = _class_schemas(model, limits.max_n)
 
     class SampleRequest(BaseModel):
         model_config = strict
@@ -48,12 +47,14 @@ def request_models(model: Model, limits: Limits) -> Requests:
         spacing: Spacing = Field("uniform", description="the timestep sub-sequence")
         seed: int = Field(0, ge=0, le=MAX_SEED, description="image i of the grid uses seed (seed, i)")
         nrow: int | None = Field(None, ge=1, le=limits.max_n, description="grid columns (default ≈ √n)")
-        guidance: Guidance | None = Field(None, description=_GUIDANCE)  # before classes: they read it
+        guidance: Guidance | None = Field(
+            None, description=_GUIDANCE, json_schema_extra=guidance_schema
+        )  # before classes
         classes: Any = Field(
             None, validate_default=True,
             description="class-conditional models: one class (index or name) for all images, or a "
-            "list of one per image (default: unconditional)",
-            json_schema_extra=_IMAGE_CLASSES,
+            "list of one per image, n long (default: unconditional)",
+            json_schema_extra=image_classes,
         )  # fmt: skip
 
         @field_validator("eta")
@@ -74,9 +75,9 @@ def request_models(model: Model, limits: Limits) -> Requests:
         frames: int = Field(9, ge=2, le=limits.max_frames, description="images along the path, ends included")
         steps: int = Field(20, ge=1, le=max_steps, description="DDIM steps S (η = 0)")
         spacing: Spacing = Field("uniform", description="the timestep sub-sequence")
-        guidance: Guidance | None = Field(None, description=_GUIDANCE)
+        guidance: Guidance | None = Field(None, description=_GUIDANCE, json_schema_extra=guidance_schema)
         classes: Any = Field(
-            None, validate_default=True, json_schema_extra=_FRAME_CLASS,
+            None, validate_default=True, json_schema_extra=frame_class,
             description="class-conditional models: the class (index or name) every frame is decoded "
             "with (default: unconditional)",
         )  # fmt: skip
@@ -87,6 +88,22 @@ def request_models(model: Model, limits: Limits) -> Requests:
             return _labels(model, classes, info.data, 1)
 
     return Requests(SampleRequest, InterpolationRequest)
+
+
+def _class_schemas(model: Model, max_n: int) -> tuple[dict, dict, dict]:
+    """JSON schemas of `classes` for sampling and for interpolation, and the part of guidance's,
+    that allow exactly what the model takes: for an unconditional model, null only; else an
+    index 0 … K − 1, a class name or its decimal index as a string, or (sampling) a list of them."""
+    k = model.num_classes
+    if k is None:
+        return {"anyOf": [_NULL]}, {"anyOf": [_NULL]}, {"anyOf": [_NULL]}
+    one = [
+        {"type": "integer", "minimum": 0, "maximum": k - 1},
+        {"type": "string", "enum": sorted({*model.class_names, *map(str, range(k))})},
+    ]
+    many = {"type": "array", "items": {"anyOf": one}, "minItems": 1, "maxItems": max_n}
+    weight = {"type": "number", "minimum": 0, "maximum": MAX_GUIDANCE}
+    return {"anyOf": [*one, many, _NULL]}, {"anyOf": [*one, _NULL]}, {"anyOf": [weight, _NULL]}
 
 
 def _labels(model: Model, classes: Any, data: dict[str, Any], n: int | None) -> list[int] | None:
