@@ -31,10 +31,10 @@ from ddim.guidance import MAX_GUIDANCE
 from ddim.models import Model
 from ddim.sampling import SAMPLERS
 from ddim.schedule import SPACINGS, Spacing
-from ddim.serve.images import BadImage, data_url, decode_upload
+from ddim.serve.images import BadImage, data_url, decode_upload, favicon
 from ddim.serve.jobs import Handle, JobQueue, QueueFull
 from ddim.serve.limits import Limits
-from ddim.serve.schemas import request_models
+from ddim.serve.schemas import MAX_SEED, request_models
 from ddim.serve.work import Result, missing_api, run_interpolation, run_inversion, run_sample
 
 log = logging.getLogger("ddim.serve")
@@ -175,15 +175,23 @@ def _model_info(model: Model, limits: Limits, name: str) -> dict[str, Any]:
         "name": Path(name).name, "image_shape": list(model.image_shape), "prediction": model.prediction,
         "num_timesteps": T, "num_classes": model.num_classes, "class_names": list(model.class_names),
         "samplers": list(SAMPLERS), "spacings": list(SPACINGS),
-        "limits": {**limits.to_dict(), "max_steps": limits.steps_cap(T), "max_guidance": MAX_GUIDANCE},
+        "limits": {**limits.to_dict(), "max_steps": limits.steps_cap(T), "max_guidance": MAX_GUIDANCE,
+                   "max_seed": MAX_SEED},
         "features": {feature: not missing_api(*names) for feature, names in _NEEDS.items()},
     }  # fmt: skip
 
 
 def _add_assets(app: FastAPI) -> None:
-    """Serve the page's three files, read once from the package: no route maps a URL to a path."""
+    """Serve the page's three files, read once from the package, and its icon: no route maps a
+    URL to a path."""
     folder = resources.files("ddim.serve") / "static"
     headers = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"}
+    icon = favicon()
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon_route() -> Response:
+        return Response(icon, media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
+
     for route, filename in ASSETS.items():
         body = (folder / filename).read_bytes()
         media = _MEDIA[Path(filename).suffix]

@@ -64,3 +64,14 @@ def decode_upload(data: bytes, shape: tuple[int, ...], max_pixels: int) -> Tenso
         raise BadImage(f"{image_error(e)}{hint if form else ''}") from None
     array = np.asarray(image, dtype=np.float32).reshape(height, width, channels)  # (H, W, C)
     return torch.from_numpy(array).permute(2, 0, 1)[None] / 127.5 - 1.0  # (1, C, H, W)
+
+
+def favicon() -> bytes:
+    """The page's icon, drawn here: a 32×32 ICO of a noisy square turning clean, left to right."""
+    x = np.linspace(0, 1, 32)[None, :]  # (1, 32) the share of the way from noise to image
+    noise = np.random.default_rng(0).uniform(0, 255, (32, 32))
+    clean = np.where((np.arange(32)[:, None] // 8 + np.arange(32)[None, :] // 8) % 2, 230.0, 40.0)
+    pixels = ((1 - x) * noise + x * clean).astype(np.uint8)  # (32, 32)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert("RGB").save(buffer, format="ICO", sizes=[(32, 32)])
+    return buffer.getvalue()
