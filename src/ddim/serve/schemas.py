@@ -7,7 +7,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
 from ddim.guidance import MAX_GUIDANCE, check_guidance, conditioning
 from ddim.models import Model
@@ -19,6 +26,25 @@ MAX_SEED = 2**32 - 1  # JavaScript numbers hold it exactly
 _NULL = {"type": "null"}
 _GUIDANCE = f"classifier-free guidance weight w in [0, {MAX_GUIDANCE:g}], with classes (default 1)"
 Guidance = Annotated[float, AfterValidator(check_guidance)]
+
+
+def _whole(value: Any) -> Any:
+    """2.0 as 2: JSON (and its schemas' "integer") has one kind of number; "3" and true stay refused."""
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# the rules between fields, in the schema too (JSON Schema's if/then, OpenAPI 3.1)
+_GIVEN = {"not": {"type": "null"}}
+_ETA_ONLY_FOR_DDIM = {  # another sampler fixes η (check_eta): a number is for ddim only
+    "if": {"required": ["eta"], "properties": {"eta": _GIVEN}},
+    "then": {"properties": {"sampler": {"const": "ddim"}}},
+}
+_GUIDANCE_NEEDS_CLASSES = {  # guidance weighs a class against the unconditional model
+    "if": {"required": ["guidance"], "properties": {"guidance": _GIVEN}},
+    "then": {"required": ["classes"], "properties": {"classes": _GIVEN}},
+}
 
 
 @dataclass(frozen=True)
@@ -36,7 +62,9 @@ def request_models(model: Model, limits: Limits) -> Requests:
     image_classes, frame_class, guidance_schema = _class_schemas(model, limits.max_n)
 
     class SampleRequest(BaseModel):
-        model_config = strict
+        model_config = ConfigDict(
+            **strict, json_schema_extra={"allOf": [_ETA_ONLY_FOR_DDIM, _GUIDANCE_NEEDS_CLASSES]}
+        )
         n: int = Field(4, ge=1, le=limits.max_n, description="number of images")
         steps: int = Field(20, ge=1, le=max_steps, description="sampling steps S")
         sampler: Sampler = Field(
@@ -57,6 +85,8 @@ def request_models(model: Model, limits: Limits) -> Requests:
             json_schema_extra=image_classes,
         )  # fmt: skip
 
+        _whole_numbers = field_validator("n", "steps", "seed", "nrow", mode="before")(_whole)
+
         @field_validator("eta")
         @classmethod
         def _eta_only_for_ddim(cls, eta: float | None, info: ValidationInfo) -> float | None:
@@ -69,7 +99,7 @@ def request_models(model: Model, limits: Limits) -> Requests:
             return _labels(model, classes, info.data, info.data.get("n"))
 
     class InterpolationRequest(BaseModel):
-        model_config = strict
+        model_config = ConfigDict(**strict, json_schema_extra={"allOf": [_GUIDANCE_NEEDS_CLASSES]})
         seed_a: int = Field(0, ge=0, le=MAX_SEED, description="the first end: image 0 of this seed")
         seed_b: int = Field(1, ge=0, le=MAX_SEED, description="the other end")
         frames: int = Field(9, ge=2, le=limits.max_frames, description="images along the path, ends included")
@@ -81,6 +111,8 @@ def request_models(model: Model, limits: Limits) -> Requests:
             description="class-conditional models: the class (index or name) every frame is decoded "
             "with (default: unconditional)",
         )  # fmt: skip
+
+        _whole_numbers = field_validator("seed_a", "seed_b", "frames", "steps", mode="before")(_whole)
 
         @field_validator("classes")
         @classmethod
@@ -112,5 +144,5 @@ def _labels(model: Model, classes: Any, data: dict[str, Any], n: int | None) -> 
     itself invalid (that error is reported instead)."""
     if n is None or "guidance" not in data:
         return None
-    labels, _ = conditioning(model, classes, data["guidance"], n)
+    labels, _ = conditioning(model, _whole(classes), data["guidance"], n)
     return None if labels is None else labels.tolist()
