@@ -23,6 +23,7 @@ from ddim.schedule import Spacing
 from ddim.serve.limits import Limits
 
 MAX_SEED = 2**32 - 1  # JavaScript numbers hold it exactly
+DEFAULT_N = 4  # images a sample request draws unless it says
 _NULL = {"type": "null"}
 _GUIDANCE = f"classifier-free guidance weight w in [0, {MAX_GUIDANCE:g}], with classes (default 1)"
 Guidance = Annotated[float, AfterValidator(check_guidance)]
@@ -60,12 +61,13 @@ def request_models(model: Model, limits: Limits) -> Requests:
     max_steps = limits.steps_cap(model.schedule.num_timesteps)
     strict = ConfigDict(extra="forbid", strict=True)  # no "3" for 3, no true for 1
     image_classes, frame_class, guidance_schema = _class_schemas(model, limits.max_n)
+    sample_rules = [_ETA_ONLY_FOR_DDIM, _GUIDANCE_NEEDS_CLASSES]
+    if model.num_classes is not None:
+        sample_rules += _list_lengths(limits.max_n)
 
     class SampleRequest(BaseModel):
-        model_config = ConfigDict(
-            **strict, json_schema_extra={"allOf": [_ETA_ONLY_FOR_DDIM, _GUIDANCE_NEEDS_CLASSES]}
-        )
-        n: int = Field(4, ge=1, le=limits.max_n, description="number of images")
+        model_config = ConfigDict(**strict, json_schema_extra={"allOf": sample_rules})
+        n: int = Field(DEFAULT_N, ge=1, le=limits.max_n, description="number of images")
         steps: int = Field(20, ge=1, le=max_steps, description="sampling steps S")
         sampler: Sampler = Field(
             "ddim",
@@ -136,6 +138,18 @@ def _class_schemas(model: Model, max_n: int) -> tuple[dict, dict, dict]:
     many = {"type": "array", "items": {"anyOf": one}, "minItems": 1, "maxItems": max_n}
     weight = {"type": "number", "minimum": 0, "maximum": MAX_GUIDANCE}
     return {"anyOf": [*one, many, _NULL]}, {"anyOf": [*one, _NULL]}, {"anyOf": [weight, _NULL]}
+
+
+def _list_lengths(max_n: int) -> list[dict]:
+    """Schema rules: a list of classes has one class for all n images, or one per image."""
+
+    def lengths(n: int) -> dict:
+        one_or_n = [{"type": "array", "minItems": k, "maxItems": k} for k in sorted({1, n})]
+        return {"properties": {"classes": {"anyOf": [{"not": {"type": "array"}}, *one_or_n]}}}
+
+    given = [{"if": {"required": ["n"], "properties": {"n": {"const": n}}}, "then": lengths(n)}
+             for n in range(1, max_n + 1)]  # fmt: skip
+    return [*given, {"if": {"not": {"required": ["n"]}}, "then": lengths(DEFAULT_N)}]
 
 
 def _labels(model: Model, classes: Any, data: dict[str, Any], n: int | None) -> list[int] | None:
