@@ -12,6 +12,7 @@ executes code from a file: `load` also reads the foreign formats of `ddim.conver
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import warnings
@@ -33,6 +34,7 @@ from ddim.schedule import NoiseSchedule
 from ddim.toy import MixtureDenoiser, toy_model
 
 FORMAT, FORMAT_VERSION = "ddim", 1
+MAX_SAMPLE_VALUES = 2**26  # values in one sample (C·H·W) a checkpoint may declare: 4096×4096×4
 _NETS: dict[str, Callable[[dict, NoiseSchedule], nn.Module]] = {
     "unet": lambda cfg, schedule: UNet(UNetConfig.from_dict(cfg)),
     "gaussian-mixture": MixtureDenoiser.from_config,
@@ -184,20 +186,29 @@ def load_native(path: str | os.PathLike) -> Model:
         kind = net_cfg.get("type")
         if kind not in _NETS:
             raise ValueError(f"unknown net type {kind!r} (known: {', '.join(_NETS)})")
-        net = _NETS[kind](net_cfg, schedule)
         shape, info, names = meta["image_shape"], meta.get("info") or {}, meta.get("class_names", [])
         if not (isinstance(shape, list) and all(isinstance(d, int) and d > 0 for d in shape)):
             raise ValueError(f"image_shape must be a list of positive integers, got {shape!r}")
+        if math.prod(shape) > MAX_SAMPLE_VALUES:
+            raise ValueError(
+                f"image_shape {shape} has {math.prod(shape):,} values a sample; at most "
+                f"{MAX_SAMPLE_VALUES:,} are accepted (a damaged or forged file?)"
+            )
+        with torch.device("meta"):  # shapes only, no memory: the config may claim any size
+            skeleton = _NETS[kind](net_cfg, schedule)
         shape = tuple(shape)
-        model = Model(net, schedule, shape, meta["prediction"], info, tuple(names))
-        takes = _INPUT_SHAPES[kind](net.config)
+        model = Model(skeleton, schedule, shape, meta["prediction"], info, tuple(names))
+        takes = _INPUT_SHAPES[kind](skeleton.config)
         if model.image_shape != takes:
             raise ValueError(f"image_shape {list(shape)} is not the network's input shape {list(takes)}")
     except (KeyError, ValueError, TypeError) as e:
         missing = f"missing field {e}" if isinstance(e, KeyError) else str(e)
         raise CheckpointError(f"{path}: invalid checkpoint config: {missing}") from None
     state = {k: v for k, v in tensors.items() if k.startswith("net.")}
-    check_weights(state, {f"net.{k}": v for k, v in net.state_dict().items()}, path)
+    # the file's tensors are real (safetensors checks them against the file's size): a config
+    # that claims a larger network is refused here, before that network is built
+    check_weights(state, {f"net.{k}": v for k, v in skeleton.state_dict().items()}, path)
+    net = _NETS[kind](net_cfg, schedule)
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items()})
     return Model(net.eval(), schedule, model.image_shape, model.prediction, model.info, model.class_names)
 
@@ -239,13 +250,12 @@ def read_torch_file(path: str | os.PathLike) -> object:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as e:
-        raise CheckpointError(f"cannot read {path}: {_first_line(e)}") from None
+        raise CheckpointError(f"cannot read {path}: {first_line(e)}") from None
     # Not a blanket default: a damaged file makes torch's unpickler fail with almost any
     # exception type (KeyError, IndexError, struct.error, ...); each becomes one line here.
     except Exception as e:
-        _, marker, rest = str(e).partition("WeightsUnpickler error:")
-        if isinstance(e, pickle.UnpicklingError) and marker:  # torch's own refusal, many lines long
-            why = rest.strip().splitlines()[0].split(". ")[0] if rest.strip() else "no reason given"
+        why = _weights_only_refusal(e)
+        if why is not None:
             if why.startswith("Unsupported operand"):  # a pickle opcode torch.save never writes
                 raise CheckpointError(
                     f"{path} is not a PyTorch checkpoint: a pickle that torch.save did not write ({why})"
@@ -255,15 +265,30 @@ def read_torch_file(path: str | os.PathLike) -> object:
                 f"and plain containers, and loading it could run code ({why})"
             ) from None
         raise CheckpointError(
-            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {_first_line(e)}"
+            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {first_line(e)}"
         ) from None
+
+
+def _weights_only_refusal(e: Exception) -> str | None:
+    """The reason in torch.load(weights_only=True)'s refusal, many lines long, or None if `e` is
+    another error. Torch 2.4-2.5 mark it "WeightsUnpickler error:"; later versions put it after
+    a paragraph that begins "Weights only load failed"."""
+    text = str(e)
+    if not isinstance(e, pickle.UnpicklingError) or not (
+        "WeightsUnpickler error:" in text or text.startswith("Weights only load failed")
+    ):
+        return None
+    _, marker, rest = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in (rest if marker else text).splitlines() if line.strip()]
+    reasons = [line for line in lines[0 if marker else 1 :] if not line.startswith("Check the documentation")]
+    return reasons[0].split(". ")[0].removesuffix(".") if reasons else "no reason given"
 
 
 def _few(keys: list[str], n: int = 3) -> str:
     return f"{keys[:n]}{f' and {len(keys) - n} more' if len(keys) > n else ''}"
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     """'Type: first line of the message', for one-line errors."""
     text = str(e).strip()
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

@@ -10,10 +10,11 @@ images on a black square (MNIST 28 → 32), "resize" scales the shorter side and
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 import warnings
 import zipfile
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, get_args
@@ -108,10 +109,19 @@ def _resize_crop(img: Tensor, size: int) -> Tensor:
 
 
 def read_npz(
-    path: str | os.PathLike, keys: Sequence[str], optional: Sequence[str] = ()
+    path: str | os.PathLike,
+    keys: Sequence[str],
+    optional: Sequence[str] = (),
+    limit: int | None = None,
 ) -> dict[str, np.ndarray]:
     """The arrays `keys` of an .npz, and those of `optional` it has, with one-line errors for
-    a file that is missing, unreadable, not a zip archive (e.g. truncated), damaged or lacks a key."""
+    a file that is missing, unreadable, not a zip archive (e.g. truncated), damaged or lacks a key.
+
+    limit: read only the first `limit` entries of each array (a compressed array is
+    decompressed only that far). Each array's header is checked before its data is read: it
+    must declare no more bytes than the archive holds for it, nor than this machine's memory,
+    and no Python objects (they would be unpickled).
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -121,21 +131,79 @@ def read_npz(
     if not is_zip:
         raise DataError(f"{path} is not a readable .npz file (not a zip archive: truncated? another format?)")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            missing = next((k for k in keys if k not in data.files), None)
+        with zipfile.ZipFile(path) as archive:
+            members = {n.removesuffix(".npy"): n for n in archive.namelist() if n.endswith(".npy")}
+            missing = next((k for k in keys if k not in members), None)
             if missing is not None:
-                raise DataError(f"{path} has no array {missing!r} (it has: {', '.join(data.files)})")
-            return {k: data[k] for k in (*keys, *optional) if k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        if isinstance(e, DataError):
-            raise
+                raise DataError(f"{path} has no array {missing!r} (it has: {', '.join(members)})")
+            return {
+                k: _read_member(archive, members[k], limit, f"{path}:{k}")
+                for k in (*keys, *optional)
+                if k in members
+            }
+    except DataError:
+        raise
+    # Not a blanket default: a damaged archive fails in zipfile, zlib and numpy's header parser
+    # with many exception types (BadZipFile, zlib.error, EOFError, ValueError, struct.error, ...).
+    except Exception as e:
         raise DataError(f"{path} is not a readable .npz file: {e}") from None
+
+
+def _read_member(archive: zipfile.ZipFile, member: str, limit: int | None, where: str) -> np.ndarray:
+    """One .npy member of an open .npz, its header checked before any data is read."""
+    size = archive.getinfo(member).file_size  # the archive's own claim, bounded again by reading
+    with archive.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else (
+            np.lib.format.read_array_header_2_0
+        )  # fmt: skip
+        shape, fortran, dtype = read_header(f)
+        if dtype.hasobject:
+            raise DataError(f"{where} holds Python objects; refused: loading them could run code")
+        declared, held = math.prod(shape) * dtype.itemsize, size - f.tell()
+        if declared != held:
+            raise DataError(
+                f"{where}: its header declares shape {shape} of {dtype} ({_bytes(declared)}), but the "
+                f"file holds {_bytes(held)} for it (damaged or forged)"
+            )
+        rows = 1 if not shape else shape[0] if fortran or limit is None else min(limit, shape[0])
+        count = math.prod(shape[1:]) * rows
+        if count * dtype.itemsize > (memory := _memory_bytes()):
+            raise DataError(
+                f"{where} is {_bytes(count * dtype.itemsize)}, more than this machine's memory "
+                f"({_bytes(memory)}); read fewer images (--limit)"
+            )
+        buffer = bytearray(count * dtype.itemsize)
+        view, done = memoryview(buffer), 0
+        while done < len(buffer) and (got := f.readinto(view[done:])):
+            done += got
+        if done < len(buffer):
+            raise DataError(f"{where}: the file ends before the array does (truncated?)")
+    array = np.frombuffer(buffer, dtype)
+    if fortran:
+        return array.reshape(shape[::-1]).transpose()[:limit]
+    return array.reshape(rows, *shape[1:]) if shape else array.reshape(())
+
+
+def _memory_bytes() -> int:
+    """This machine's physical memory in bytes (unbounded where the system does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return sys.maxsize
+
+
+def _bytes(n: int) -> str:
+    """A byte count for people: 713 TiB, 47 MiB, 12 bytes."""
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} bytes"
 
 
 def _read_npz(path: Path, key: str, limit: int | None) -> np.ndarray:
     """The first `limit` entries of the array `key` (a 0-d array as it is, for the caller to refuse)."""
-    array = read_npz(path, [key])[key]
-    return array[:limit] if array.ndim else array
+    return read_npz(path, [key], limit=limit)[key]
 
 
 def _load_npz(path: Path, key: str, limit: int | None) -> Tensor:
@@ -223,7 +291,6 @@ def _load_folder_files(
 
 def _read_image(file: Path, channels: int | None) -> Tensor:
     """One file → uint8 (C, H, W), C = 1 for grayscale files unless channels = 3."""
-    bomb = (Image.DecompressionBombWarning, Image.DecompressionBombError)  # images past Pillow's size limits
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, as the larger ones are
@@ -232,9 +299,21 @@ def _read_image(file: Path, channels: int | None) -> Tensor:
                 array = np.asarray(
                     to_8bit(im, "L" if (channels == 1 or (channels is None and gray)) else "RGB")
                 )
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, *bomb) as e:  # SyntaxError: PIL plugins
-        raise DataError(f"{file}: cannot read this image ({e})") from None
+    # Not a blanket default: Pillow's many format plugins fail on damaged files with almost any
+    # exception type (NotImplementedError from a DDS pixel format, struct.error, SyntaxError, ...).
+    except Exception as e:
+        raise DataError(f"{file}: cannot read this image ({image_error(e)})") from None
     return torch.from_numpy(array.reshape(*array.shape[:2], -1).copy()).permute(2, 0, 1)
+
+
+def image_error(e: BaseException) -> str:
+    """Why Pillow could not read an image, in plain words (no exception names) for one line."""
+    detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    if isinstance(e, UnidentifiedImageError):
+        return "not an image file of a format this reads (PNG, JPEG, GIF, BMP, WebP, TIFF, …)"
+    if isinstance(e, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return f"too many pixels: {detail}"
+    return f"a damaged or cut-short image file{f': {detail}' if detail else ''}"
 
 
 def to_8bit(image: Image.Image, mode: str) -> Image.Image:

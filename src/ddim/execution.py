@@ -85,7 +85,28 @@ def prepare(net: Net, *, channels_last: bool = False, compile: bool = False) -> 
         if isinstance(net, nn.Module):
             net.to(memory_format=torch.channels_last)
         net = _channels_last_inputs(net)
-    return _compiled(net) if compile else net
+    return _checked(_compiled(net) if compile else net, _name(net))
+
+
+def _checked(net: Net, name: str) -> Net:
+    """`net`, whose output must be a tensor of its input's shape: anything else (None, a wrong
+    shape, a tuple) is a ValueError naming the model, not an error deep in the sampler."""
+
+    def call(x: Tensor, t: Tensor, *labels: Tensor) -> Tensor:
+        out = net(x, t, *labels)
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"the model {name} returned {got} for an input of shape {tuple(x.shape)}: it must "
+                "return a tensor of its input's shape"
+            )
+        return out
+
+    return call
+
+
+def _name(net: Net) -> str:
+    return getattr(net, "__qualname__", None) or type(net).__name__
 
 
 def _channels_last_inputs(net: Net) -> Net:

@@ -38,6 +38,11 @@ def slerp(z0: Tensor, z1: Tensor, w: float | Sequence[float] | Tensor) -> Tensor
     if weights.ndim > 1:
         raise ValueError(f"w must be a number or a 1-D sequence of numbers, got shape {tuple(weights.shape)}")
     a, b = z0.double().flatten(), z1.double().flatten()  # (D,)
+    for name, z in (("z0", a), ("z1", b)):
+        if not torch.isfinite(z).all():
+            raise ValueError(f"{name} holds NaN or infinite values")
+        if not z.any():  # ‖z‖ = 0: θ = arccos(0/0) is undefined
+            raise ValueError(f"{name} is all zeros: a zero latent has no direction to interpolate along")
     cos = (a @ b / (a.norm() * b.norm())).clamp(-1, 1)
     theta = torch.arccos(cos)
     if torch.sin(theta) < _PARALLEL and cos < 0:

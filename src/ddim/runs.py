@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddim.checkpoint import load, save
+from ddim.checkpoint import check_weights, first_line, load, read_torch_file, save
 from ddim.io import atomic_write, make_grid, save_png, to_uint8
 from ddim.models import Model
 from ddim.sampling import sample
@@ -55,9 +55,9 @@ class RunFolder:
                 f"cannot resume {self.path} with {k}={config.to_dict()[k]!r}: the run used {saved[k]!r} "
                 f"(on resume only {', '.join(sorted(RESUMABLE))} may change)"
             )
-        if not self.steps():
-            raise ValueError(f"{self.path} has no checkpoint yet; start it again without --resume")
-        if (latest := self.steps()[-1]) >= config.steps:
+        latest = self.steps()[-1] if self.steps() else 0  # none yet: it starts again from step 0
+        finished = latest == config.steps and (self.path / "model.safetensors").is_file()
+        if latest > config.steps or finished:  # at `steps` without the model: resuming writes it
             raise ValueError(
                 f"{self.path} is at step {latest}, and steps={config.steps}: nothing to train "
                 f"(give a larger --steps to extend the run)"
@@ -101,7 +101,7 @@ class RunFolder:
             "format": _STATE_FORMAT, "version": _STATE_VERSION, "step": step, "wall_time_s": wall,
             "net": net.state_dict(), "optimizer": opt.state_dict(),
         }  # fmt: skip
-        atomic_write(self._state_file(step), lambda f: torch.save(state, f))
+        atomic_write(self._state_file(step), lambda f: _torch_save(state, f))
         save(ema_model, path)
         for old in self.steps()[: -config.keep_checkpoints]:
             self._model_file(old).unlink(missing_ok=True)
@@ -112,25 +112,33 @@ class RunFolder:
         self, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, truncate_log: bool = True
     ) -> tuple[int, float]:
         """Restore net, EMA and optimizer from the latest checkpoint; returns (step, wall time).
+        Without a checkpoint (a run stopped before its first), they stay as built: (0, 0.0).
 
         truncate_log drops the log lines written after that checkpoint (rank 0 does it).
+        Every file is checked before it is used: a damaged or tampered one is a ValueError.
         """
-        step = self.steps()[-1]
-        file = self._state_file(step)
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        except Exception as e:  # any unreadable or unsafe file: report it in one line
-            raise ValueError(f"{file}: cannot read the training state ({type(e).__name__}: {e})") from None
-        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT or state.get("step") != step:
-            raise ValueError(f"{file} is not the ddim training state of step {step}")
-        device = next(net.parameters()).device
-        net.load_state_dict(state["net"])
-        opt.load_state_dict(state["optimizer"])
-        ema.load_state_dict(load(self._model_file(step)).net.state_dict())
-        ema.to(device)
+        step = self.steps()[-1] if self.steps() else 0
         if truncate_log:
             self._truncate_log(step)
-        return step, float(state["wall_time_s"])
+        if not step:
+            return 0, 0.0
+        file = self._state_file(step)
+        state = read_torch_file(file)  # a pickle that would run code is refused, in one line
+        if not isinstance(state, dict) or state.get("format") != _STATE_FORMAT or state.get("step") != step:
+            raise ValueError(f"{file} is not the ddim training state of step {step}")
+        missing = [k for k in ("net", "optimizer", "wall_time_s") if k not in state]
+        if missing or not isinstance(state["net"], dict) or not isinstance(state["wall_time_s"], float):
+            raise ValueError(
+                f"{file}: the training state is damaged (missing or wrong: {missing or 'types'})"
+            )
+        check_weights(state["net"], net.state_dict(), file)
+        net.load_state_dict(state["net"])
+        _load_optimizer(opt, state["optimizer"], file)
+        saved = load(self._model_file(step)).net.state_dict()
+        check_weights(saved, ema.state_dict(), self._model_file(step))
+        ema.load_state_dict(saved)
+        ema.to(next(net.parameters()).device)
+        return step, state["wall_time_s"]
 
     def _model_file(self, step: int) -> Path:
         return self.checkpoints / f"step-{step:08d}.safetensors"
@@ -152,10 +160,18 @@ class RunFolder:
         records = []
         for i, line in enumerate(lines, start=1):
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as e:
                 if i < len(lines):
                     raise ValueError(f"{file}: line {i} is not JSON ({e})") from None
+                continue
+            numbers = isinstance(record, dict) and all(
+                isinstance(record.get(k), int | float) and not isinstance(record.get(k), bool)
+                for k in ("step", "loss")
+            )
+            if not numbers:
+                raise ValueError(f"{file}: line {i} is not a log record (it needs a numeric step and loss)")
+            records.append(record)
         return records
 
     def _truncate_log(self, step: int) -> None:
@@ -172,12 +188,46 @@ class RunFolder:
         return save_png(make_grid(to_uint8(x), k), self.path / "samples" / f"step-{step:08d}.png")
 
     def finish(self, checkpoint: Path | None, complete: bool) -> None:
-        """Plot the loss curve; when training is complete, copy the last EMA model to model.safetensors."""
-        if complete and checkpoint is not None:
-            atomic_write(self.path / "model.safetensors", lambda f: f.write(checkpoint.read_bytes()))
+        """Plot the loss curve; when training is complete, copy the last EMA model to model.safetensors.
+
+        The model goes last: once it exists the run is complete, and a run killed before it
+        writes it on --resume."""
         records = self.records()
         if records:
             plot_loss(records, self.path / "loss.png")
+        if complete and checkpoint is not None:
+            atomic_write(self.path / "model.safetensors", lambda f: f.write(checkpoint.read_bytes()))
+
+
+def _torch_save(obj: object, f) -> None:
+    """torch.save into an open file; a failed write (a full disk) is the OSError that caused it.
+
+    torch's zip writer reports a write that failed as a RuntimeError ("[enforce fail at
+    inline_container.cc]") whose context is the OSError; atomic_write turns that into one line.
+    """
+    try:
+        torch.save(obj, f)
+    except RuntimeError as e:
+        if isinstance(e.__context__, OSError):
+            raise e.__context__ from None
+        raise OSError(f"PyTorch could not write the file ({first_line(e)})") from None
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, saved: object, file: Path) -> None:
+    """Restore `opt` from a saved state dict, refusing one whose tensors do not fit the parameters
+    (they would fail at the first step, far from the file)."""
+    try:
+        opt.load_state_dict(saved)  # type: ignore[arg-type]
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError) as e:
+        raise ValueError(f"{file}: the optimizer state does not fit this run ({first_line(e)})") from None
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for name, value in opt.state.get(p, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != p.shape:
+                    raise ValueError(
+                        f"{file}: the optimizer's {name} has shape {tuple(value.shape)} for a parameter "
+                        f"of shape {tuple(p.shape)}"
+                    )
 
 
 def plot_loss(records: list[dict], path: Path) -> Path:

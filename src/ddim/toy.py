@@ -83,7 +83,8 @@ class MixtureDenoiser(nn.Module):
             if weights is None
             else torch.as_tensor(weights, dtype=torch.float64)
         )
-        if weights.shape != (k,) or (weights <= 0).any() or (stds < 0).any():
+        values_known = not means.is_meta  # a mixture built on the meta device has shapes only
+        if weights.shape != (k,) or (values_known and ((weights <= 0).any() or (stds < 0).any())):
             raise ValueError("mixture needs one positive weight and one std >= 0 per component")
         self.config = MixtureConfig(tuple(means.shape[1:]), k, prediction, conditional)
         self.register_buffer("means", means)  # (K, *shape)

@@ -158,7 +158,14 @@ def train(
     Under torchrun, each of the N processes takes batch_size / N images of every global batch
     (DDP averages the gradients) and only rank 0 writes; the result does not depend on N.
     """
-    device = distributed.init(torch.device(device))
+    with _stop_signals() as stop:  # from the start: a signal while loading data is one line too
+        return _train(config, Path(out), resume, torch.device(device), progress, stop)
+
+
+def _train(
+    config: TrainConfig, out: Path, resume: bool, device: torch.device, progress: bool, stop: _Stop
+) -> TrainResult:
+    device = distributed.init(device)
     if config.batch_size % distributed.world_size():
         raise ValueError(
             f"batch_size={config.batch_size} must be divisible by the {distributed.world_size()} processes"
@@ -187,7 +194,7 @@ def train(
     shape = (config.net.in_channels, config.net.resolution, config.net.resolution)
     model = Model(ema, config.schedule(), shape, class_names=names)
     session = _Session(config, run, data, labels, net, forward, ema, opt, model)
-    return _loop(session, start, wall, progress and distributed.is_main())
+    return _loop(session, start, wall, progress and distributed.is_main(), stop)
 
 
 def _labels(config: TrainConfig, num_images: int) -> tuple[TrainConfig, Tensor, tuple[str, ...]]:
@@ -202,17 +209,18 @@ def _labels(config: TrainConfig, num_images: int) -> tuple[TrainConfig, Tensor, 
     return config.replace(net=dataclasses.replace(config.net, num_classes=len(names))), labels, names
 
 
-def _loop(s: _Session, start: int, wall: float, progress: bool) -> TrainResult:
+def _loop(s: _Session, start: int, wall: float, progress: bool, stop_signal: _Stop) -> TrainResult:
     config, main = s.config, distributed.is_main()
     checkpoint = s.run.latest_checkpoint()
     meter = _Meter()
     bar = tqdm(total=config.steps, initial=start, disable=not progress, unit="step", desc="training")
     s.net.train()
     done, stop = start, False
-    with _stop_flag() as interrupted, bar:
+    stop_signal.in_loop = True  # from here a signal stops the run after the step, with a checkpoint
+    with bar:
         for step in range(start, config.steps):
             tick = time.perf_counter()
-            loss, grad_norm, stop = _global_step(s, step, interrupted.is_set())
+            loss, grad_norm, stop = _global_step(s, step, stop_signal.requested.is_set())
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
                 last = (
                     f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written"
@@ -293,18 +301,33 @@ def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
+class _Stop:
+    """Ctrl-C (SIGINT) and SIGTERM (kill, a cluster's pre-emption) during `train`. Before the
+    training loop they raise KeyboardInterrupt at once: no step is done, so there is nothing to
+    save (the run starts again from step 0). In the loop they set `requested` instead of stopping
+    the process, so the loop finishes its step, saves a checkpoint and stops cleanly."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self.in_loop = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.in_loop:
+            raise KeyboardInterrupt
+        self.requested.set()
+
+
 @contextlib.contextmanager
-def _stop_flag() -> Iterator[threading.Event]:
-    """An Event set by Ctrl-C (SIGINT) or SIGTERM (kill, a cluster's pre-emption) instead of
-    stopping the process, so the loop can save and stop cleanly."""
-    flag = threading.Event()
+def _stop_signals() -> Iterator[_Stop]:
+    """A `_Stop` handling SIGINT and SIGTERM inside (on the main thread; elsewhere it only waits
+    to be set), the previous handlers restored afterwards."""
+    stop = _Stop()
     if threading.current_thread() is not threading.main_thread():
-        yield flag
+        yield stop
         return
-    stops = (signal.SIGINT, signal.SIGTERM)
-    previous = {sig: signal.signal(sig, lambda *_: flag.set()) for sig in stops}
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield flag
+        yield stop
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -233,6 +233,9 @@ def test_ddim_trajectory_equals_diffusers_on_the_full_cifar10_unet(tmp_path):
          "unsupported up_block_types=['UpBlock2D', 'AttnUpBlock2D', 'UpBlock2D', 'UpBlock2D']; "
          "allowed: attention at the same levels as down_block_types"),
         ({"sample_size": [16, 32]}, "unsupported sample_size"),
+        ({"block_out_channels": 5}, "unsupported block_out_channels=5; allowed: a list"),  # issue 24
+        ({"up_block_types": "UpBlock2D"}, "unsupported up_block_types='UpBlock2D'; allowed: a list"),
+        ({"act_fn": {"name": "silu"}}, "unsupported act_fn={'name': 'silu'}; allowed: 'silu' or 'swish'"),
         ({"cross_attention_dim": 768}, "unknown UNet2DModel field(s) ['cross_attention_dim']"),
         ({"_class_name": "UNet2DConditionModel"}, "unsupported _class_name='UNet2DConditionModel'"),
     ],
@@ -253,6 +256,7 @@ def test_configs_that_change_the_computation_are_refused(tmp_path, edit, message
         ({"rescale_betas_zero_snr": True}, "unsupported rescale_betas_zero_snr=True"),
         ({"_class_name": "ScoreSdeVeScheduler"}, "unsupported _class_name='ScoreSdeVeScheduler'"),
         ({"beta_end": 1.5}, "need 0 < beta_start <= beta_end < 1"),
+        ({"prediction_type": ["epsilon"]}, re.escape("a field has the wrong type (unhashable type: 'list')")),
     ],
 )
 def test_scheduler_configs_we_cannot_follow_are_refused(tmp_path, edit, message):

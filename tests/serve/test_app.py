@@ -294,8 +294,8 @@ def big_png(side: int) -> bytes:
         ("", b"not an image at all", 422, "body: not an image"),
         ("", b"--boundary\r\nContent-Disposition: form-data", 422, "body: not an image"),
         ("", big_png(8)[:40], 422, "body: "),  # truncated
-        ("", big_png(65), 422, "body: the image has 65×65 pixels"),
-        ("", b"\0" * (LIMITS.max_upload_bytes + 1), 413, "the upload has"),
+        ("", big_png(65), 422, "body: the image is 65×65 pixels; the server takes images of at most 4,096"),
+        ("", b"\0" * (LIMITS.max_upload_bytes + 1), 413, "the file is too large: "),
         ("?steps=0", big_png(8), 422, "steps: "),
         ("?steps=31", big_png(8), 422, "steps: "),
         ("?spacing=cubic", big_png(8), 422, "spacing: "),
@@ -312,7 +312,7 @@ def test_an_upload_without_a_length_is_cut_off_at_the_limit(client):
     chunks = (b"\0" * 1024 for _ in range(8))  # chunked transfer: no Content-Length to trust
     r = client.post("/api/invert", content=chunks)
     assert r.status_code == 413
-    assert r.json()["message"].endswith("bytes or more; at most 4096")
+    assert r.json()["message"] == "the file is too large: the server takes uploads of at most 4 KiB"
 
 
 def test_the_page_and_no_file_beyond_it(client, tiny_checkpoint):

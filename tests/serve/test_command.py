@@ -24,12 +24,13 @@ def served(monkeypatch):
 
 def test_serve_binds_to_this_machine_by_default_and_passes_the_limits(capsys, served, tiny_checkpoint):
     argv = ["--model", tiny_checkpoint, "--max-n", "3", "--max-upload-kb", "5", "--port", "0"]
-    code, out, _ = run(capsys, "serve", *argv)
+    code, out, err = run(capsys, "serve", *argv)
     assert code == 0
-    assert out == ""  # no warning for 127.0.0.1
+    assert err == ""  # no warning for 127.0.0.1
     ((app, (host, port)),) = served
     assert host == "127.0.0.1"
     assert port > 0  # --port 0: any free port; without it, 8000
+    assert out == f"serving {tiny_checkpoint} on http://127.0.0.1:{port}/ (Ctrl-C to stop)\n"
     assert build_parser().parse_args(["serve"]).port == 8000
     from fastapi.testclient import TestClient
 
@@ -40,9 +41,10 @@ def test_serve_binds_to_this_machine_by_default_and_passes_the_limits(capsys, se
 
 
 def test_serving_beyond_this_machine_warns(capsys, served):
-    code, out, _ = run(capsys, "serve", "--model", "toy", "--host", "0.0.0.0", "--port", "0")
+    code, out, err = run(capsys, "serve", "--model", "toy", "--host", "0.0.0.0", "--port", "0")
     assert code == 0
-    assert out.startswith("warning: serving on 0.0.0.0: anyone who can reach this machine")
+    assert err.startswith("warning: serving on 0.0.0.0: anyone who can reach this machine")  # stderr
+    assert out.startswith("serving toy on http://0.0.0.0:")
     assert served[0][1][0] == "0.0.0.0"
 
 
@@ -55,6 +57,9 @@ def test_an_address_that_cannot_be_listened_on_is_one_line_before_the_model_load
     code, out, err = run(capsys, "serve", "--model", "toy", "--host", "192.0.2.1", "--port", "0")
     assert (code, out, served) == (2, "", [])  # TEST-NET-1 (RFC 5737): no machine's address; no warning
     assert err == "ddim serve: error: cannot listen on 192.0.2.1:0: Cannot assign requested address\n"
+    code, out, err = run(capsys, "serve", "--model", "toy", "--host", "256.1.1.1", "--port", "0")
+    assert (code, out, served) == (2, "", [])
+    assert err == "ddim serve: error: cannot listen on 256.1.1.1:0: unknown host or invalid address\n"
 
 
 @pytest.mark.parametrize(

@@ -152,3 +152,124 @@ def test_a_solver_with_logsnr_spacing_sends_no_eta(page, url):
     body = {"n": 2, "steps": 6, "seed": 4, "sampler": "plms", "spacing": "logsnr"}
     expected = httpx.post(f"{url}/api/sample", json=body, timeout=60)
     assert page.get_attribute("#sample-image", "src") == data_url(expected.content)
+
+
+# -- issue 24: the page's rough edges ----------------------------------------------------------
+
+
+def watch_status(page) -> None:
+    """Record every text #sample-status shows, in window.statuses."""
+    page.evaluate("""() => {
+      const status = document.querySelector('#sample-status');
+      window.statuses = [];
+      new MutationObserver(() => window.statuses.push(status.textContent))
+        .observe(status, {childList: true, characterData: true, subtree: true});
+    }""")
+
+
+def sample_on_page(page, **fields) -> None:
+    form = page.locator("#sample-form")
+    for name, value in fields.items():
+        field = form.locator(f"[name={name}]")
+        field.select_option(value) if name in ("sampler", "spacing") else field.fill(value)
+    page.click("#sample-button")
+    page.wait_for_selector("#sample[data-state=done]", timeout=60_000)
+
+
+def test_results_download_history_url_settings_eta_and_focus(page, url):
+    form = page.locator("#sample-form")
+    eta = form.locator("input[name=eta]")
+    eta.fill("0.15")  # the API takes any η in [0, 1]: so does the page
+    assert page.evaluate("document.querySelector('#sample-form [name=eta]').checkValidity()")
+    watch_status(page)
+    sample_on_page(page, steps="7", n="2", seed="3")
+    assert any(s.endswith(" s left") for s in page.evaluate("window.statuses"))  # an ETA while sampling
+    assert page.evaluate("document.activeElement.id") == "sample-button"  # focus not lost to <body>
+    first = page.get_attribute("#sample-image", "src")
+    download = page.locator("#sample-download")
+    assert download.is_visible()
+    assert (download.get_attribute("href"), download.get_attribute("download")) == (first, "ddim-samples.png")
+    assert {"steps=7", "seed=3", "eta=0.15"} <= set(page.url.split("?")[1].split("&"))  # shareable
+    sample_on_page(page, seed="4")
+    history = page.locator("#history button")
+    assert history.count() == 2
+    history.nth(1).click()  # the older result comes back
+    assert page.get_attribute("#sample-image", "src") == first
+    shared = open_page(page.context.browser, page.url, DESKTOP)  # the shared URL restores the settings
+    values = {n: shared.locator(f"#sample-form [name={n}]").input_value() for n in ("steps", "seed", "eta")}
+    assert values == {"steps": "7", "seed": "4", "eta": "0.15"}
+    form.locator("select[name=sampler]").select_option("plms")
+    assert (eta.input_value(), eta.get_attribute("placeholder")) == ("", "0")  # no stale η shown
+    form.locator("select[name=sampler]").select_option("ddim")
+    assert eta.input_value() == "0.15"
+
+
+def test_steps_a_spacing_merges_are_shown_and_errors_clear_the_old_result(page):
+    sample_on_page(page, steps="50", n="1", spacing="quadratic")
+    assert "49 steps (50 asked: the quadratic spacing repeats timesteps)" in page.inner_text("#sample-status")
+    page.locator("#sample-form input[name=n]").fill("17")  # over max_n
+    page.evaluate("document.querySelector('#sample-form').noValidate = true")
+    page.click("#sample-button")
+    page.wait_for_selector("#sample[data-state=error]")
+    assert not page.locator("#sample-image").is_visible()  # not left under the error as if it were its answer
+    assert not page.locator("#sample-download").is_visible()
+
+
+def test_a_busy_server_is_said_once_and_seeds_are_bounded(page):
+    message = "the job queue is full; retry after 3 s"
+    page.route("**/api/sample/stream", lambda route: route.fulfill(
+        status=429, headers={"Retry-After": "3"}, content_type="application/json",
+        body=f'{{"message": "{message}"}}'))  # fmt: skip
+    page.click("#sample-button")
+    page.wait_for_selector("#sample[data-state=error]")
+    assert page.inner_text("#sample-status") == f"error: {message}"
+    for name in (
+        "#sample-form [name=seed]",
+        "#interpolate-form [name=seed_a]",
+        "#interpolate-form [name=seed_b]",
+    ):
+        assert page.get_attribute(name, "max") == str(2**32 - 1)
+
+
+def test_interpolation_time_includes_the_wait_and_frames_download(page):
+    page.click("#interpolate-button")
+    page.wait_for_selector("#interpolate[data-state=done]", timeout=60_000)
+    assert " s computing): move the slider" in page.inner_text("#interpolate-status")
+    assert page.get_attribute("#interpolate-download", "href") == page.get_attribute(
+        "#interpolate-image", "src"
+    )
+
+
+def contrast(a: str, b: str) -> float:
+    """WCAG 2 contrast ratio of two CSS rgb() colours."""
+
+    def luminance(css: str) -> float:
+        channels = [int(v) / 255 for v in css[css.index("(") + 1 : css.index(")")].split(",")[:3]]
+        r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+    hi, lo = sorted((luminance(a), luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_text_contrast_is_at_least_wcag_aa_in_both_schemes(url, scheme):
+    canvas = {"light": "rgb(255, 255, 255)", "dark": "rgb(18, 18, 18)"}[scheme]  # Chromium's canvas
+    with chromium() as browser:
+        page = open_page(browser, url, {**DESKTOP, "color_scheme": scheme})
+        style = (
+            "(s) => ['color', 'backgroundColor'].map((p) => getComputedStyle(document.querySelector(s))[p])"
+        )
+        button = page.evaluate(style, "#sample-button")
+        stop = page.evaluate(style, "#stop-button")[0]
+        page.evaluate("document.querySelector('#sample-status').classList.add('error')")
+        error = page.evaluate(style, "#sample-status")[0]
+    assert contrast(*button) >= 4.5  # the primary buttons' text (2.07:1 in dark mode before)
+    assert contrast(stop, canvas) >= 4.5
+    assert contrast(error, canvas) >= 4.5
+
+
+def test_the_page_has_an_icon(url):
+    r = httpx.get(f"{url}/favicon.ico")
+    assert (r.status_code, r.headers["content-type"]) == (200, "image/x-icon")
+    assert Image.open(io.BytesIO(r.content)).size == (32, 32)

@@ -6,6 +6,7 @@ import argparse
 import ipaddress
 import os
 import socket
+import sys
 
 from ddim.checkpoint import load
 from ddim.cli._args import device_arg, int_at_least
@@ -72,7 +73,13 @@ def run(args: argparse.Namespace) -> int:
     with listen(args.host, args.port) as sock:  # first: a busy port is said before the model loads
         model = load(args.model, device=args.device)
         if not _is_loopback(args.host):
-            print(f"warning: serving on {args.host}: anyone who can reach this machine can use the model")
+            print(
+                f"warning: serving on {args.host}: anyone who can reach this machine can use the model",
+                file=sys.stderr,
+            )
+        host, port = sock.getsockname()[:2]  # port 0: the one the system chose
+        shown = f"[{host}]" if ":" in host else host
+        print(f"serving {args.model} on http://{shown}:{port}/ (Ctrl-C to stop)", flush=True)
         uvicorn.Server(uvicorn.Config(create_app(model, limits, name=str(args.model)))).run(sockets=[sock])
     return 0
 
@@ -86,6 +93,8 @@ def listen(host: str, port: int) -> socket.socket:
     except socket.gaierror as e:
         raise ValueError(f"cannot listen on {host}:{port}: unknown host ({e.strerror})") from None
     except OSError as e:
+        if e.errno is not None and e.errno < 0:  # a getaddrinfo code: no such host or address
+            raise ValueError(f"cannot listen on {host}:{port}: unknown host or invalid address") from None
         why = os.strerror(e.errno) if e.errno else str(e)  # create_server's message repeats the address
         raise ValueError(f"cannot listen on {host}:{port}: {why}") from None
 

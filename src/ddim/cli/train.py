@@ -21,7 +21,8 @@ TRAIN_EXAMPLES = """examples:
 settings: the defaults, then --config FILE (TOML), then the flags below, then --set KEY=VALUE
 (TOML values; dotted keys reach the net table, e.g. --set net.ch=64 --set 'net.ch_mult=[1,2,2]').
 Ctrl-C (or SIGTERM) saves a checkpoint and exits (status 130); --resume continues exactly
-where it stopped.
+where it stopped (a run stopped before its first checkpoint, from step 0; one stopped after its
+last checkpoint writes model.safetensors).
 """
 
 # flag → TrainConfig field, for the settings common enough to deserve a flag
@@ -108,7 +109,15 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
-    result = train(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    try:
+        result = train(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    except KeyboardInterrupt:  # before the first step: nothing to save
+        print("interrupted before the first training step: nothing needed saving")
+        if (Path(args.out) / "config.toml").is_file():
+            print(f"continue with: ddim train --out {args.out} --resume")
+        else:
+            print("nothing was written: run the same command again")
+        return 130
     if result.interrupted:
         print(f"interrupted at step {result.step}; saved {result.checkpoint}")
         print(f"continue with: ddim train --out {args.out} --resume")

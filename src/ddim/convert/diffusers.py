@@ -14,7 +14,9 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from torch import Tensor
@@ -24,6 +26,8 @@ from ddim.models import Model
 from ddim.models.parameterization import Prediction
 from ddim.models.unet import UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
+
+_R = TypeVar("_R")
 
 WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 # field: (the values our U-Net computes, diffusers' default when the field is absent)
@@ -61,7 +65,7 @@ def load_folder(path: str | os.PathLike) -> Model:
     """A `UNet2DModel` folder, or a pipeline folder holding one, as a `Model`."""
     path = Path(path)
     unet_dir, scheduler_file = locate(path)
-    config = config_from_diffusers(_read_json(unet_dir / "config.json"), unet_dir / "config.json")
+    config = _typed(config_from_diffusers, unet_dir / "config.json")
     net = UNet(config)
     theirs = {our_key_to_theirs(k, len(config.ch_mult)): (k, v) for k, v in net.state_dict().items()}
     state = _read_weights(unet_dir)
@@ -78,11 +82,20 @@ def load_folder(path: str | os.PathLike) -> Model:
         schedule, prediction = NoiseSchedule.linear(1000, 1e-4, 0.02), "eps"
         note = "assumed (no scheduler_config.json): diffusers' default, linear 1e-4 -> 0.02, T = 1000, eps"
     else:
-        schedule, prediction = schedule_from_diffusers(_read_json(scheduler_file), scheduler_file)
+        schedule, prediction = _typed(schedule_from_diffusers, scheduler_file)
         note = f"from {scheduler_file}"
     info = {"imported_from": str(path), "format": "diffusers", "schedule": note}
     image_shape = (config.in_channels, config.resolution, config.resolution)
     return Model(net.eval(), schedule, image_shape, prediction, info)
+
+
+def _typed(read: Callable[[dict, Path], _R], file: Path) -> _R:
+    """`read(the JSON object in file, file)`; a field of a JSON type the checks did not expect
+    (a number where a list goes, a list where a name goes) is a one-line CheckpointError."""
+    try:
+        return read(_read_json(file), file)
+    except (TypeError, AttributeError) as e:
+        raise CheckpointError(f"{file}: a field has the wrong type ({e})") from None
 
 
 def locate(path: Path) -> tuple[Path, Path | None]:
@@ -163,13 +176,12 @@ def config_from_diffusers(cfg: dict, where: Path) -> UNetConfig:
 def _levels(cfg: dict, where: Path) -> tuple[list[int], list[int]]:
     """(channels of each level, the levels with attention), from block_out_channels and the
     block types. Down block i is level i; up block k is level L − 1 − k."""
-    channels = list(cfg.get("block_out_channels", (224, 448, 672, 896)))
+    channels = _sequence(cfg, "block_out_channels", (224, 448, 672, 896), where)
     if not channels or any(not isinstance(c, int) or c < 1 or c % channels[0] for c in channels):
         raise _refuse(where, "block_out_channels", channels, "positive multiples of the first entry")
-    down = list(
-        cfg.get("down_block_types", ("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"))
-    )
-    up = list(cfg.get("up_block_types", ("AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D")))
+    attn_down, attn_up = ("AttnDownBlock2D",) * 3, ("AttnUpBlock2D",) * 3
+    down = _sequence(cfg, "down_block_types", ("DownBlock2D", *attn_down), where)
+    up = _sequence(cfg, "up_block_types", (*attn_up, "UpBlock2D"), where)
     for field, types, allowed in (
         ("down_block_types", down, "DownBlock2D"),
         ("up_block_types", up, "UpBlock2D"),
@@ -181,6 +193,13 @@ def _levels(cfg: dict, where: Path) -> tuple[list[int], list[int]]:
         raise _refuse(where, "up_block_types", up, "attention at the same levels as down_block_types")
     _check_heads(cfg, [channels[i] for i in attn_levels] + [channels[-1]], where)
     return channels, attn_levels
+
+
+def _sequence(cfg: dict, field: str, default: tuple, where: Path) -> list:
+    value = cfg.get(field, default)
+    if not isinstance(value, list | tuple):
+        raise _refuse(where, field, value, "a list")
+    return list(value)
 
 
 def _check_heads(cfg: dict, attn_channels: list[int], where: Path) -> None:

@@ -18,20 +18,22 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ddim import __version__, samplers
 from ddim.guidance import MAX_GUIDANCE
 from ddim.models import Model
 from ddim.schedule import SPACINGS, Spacing
-from ddim.serve.images import BadImage, data_url, decode_upload
+from ddim.serve.images import BadImage, data_url, decode_upload, favicon
 from ddim.serve.jobs import Handle, JobQueue, QueueFull
 from ddim.serve.limits import Limits
-from ddim.serve.schemas import request_models
+from ddim.serve.schemas import MAX_SEED, request_models
 from ddim.serve.work import Result, run_interpolation, run_inversion, run_sample
 
 log = logging.getLogger("ddim.serve")
@@ -42,11 +44,14 @@ _CLIENT_GONE = 499  # nginx's "client closed request": never seen by anyone, but
 
 _PNG = {"content": {"image/png": {}}, "description": "the images as one PNG grid"}
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    413: {"description": "the upload is larger than the server accepts"},
+    413: {"description": "the upload or JSON body is larger than the server accepts"},
     429: {"description": "the job queue is full; see Retry-After"},
 }
 _SSE = {"content": {"text/event-stream": {}}, "description": "server-sent events"}
-_UPLOAD = {"required": True, "content": {"application/octet-stream": {"schema": {"type": "string"}}}}
+_UPLOAD = {
+    "required": True,
+    "content": {"application/octet-stream": {"schema": {"type": "string", "minLength": 1}}},
+}
 
 
 def create_app(model: Model, limits: Limits | None = None, name: str = "model") -> FastAPI:
@@ -64,6 +69,8 @@ def create_app(model: Model, limits: Limits | None = None, name: str = "model") 
         description="Sample, watch, interpolate and invert a DDIM model (Song, Meng & Ermon 2021).",
     )  # fmt: skip
     app.add_exception_handler(RequestValidationError, _unprocessable)
+    app.add_exception_handler(StarletteHTTPException, _not_json)
+    app.add_middleware(_JSONBodyLimit, limit=limits.max_json_bytes)
     requests = request_models(model, limits)
     _add_assets(app)
     _add_info_routes(app, _model_info(model, limits, name))
@@ -161,14 +168,22 @@ def _model_info(model: Model, limits: Limits, name: str) -> dict[str, Any]:
         "name": Path(name).name, "image_shape": list(model.image_shape), "prediction": model.prediction,
         "num_timesteps": T, "num_classes": model.num_classes, "class_names": list(model.class_names),
         "samplers": list(samplers.names()), "spacings": list(SPACINGS),
-        "limits": {**limits.to_dict(), "max_steps": limits.steps_cap(T), "max_guidance": MAX_GUIDANCE},
+        "limits": {**limits.to_dict(), "max_steps": limits.steps_cap(T), "max_guidance": MAX_GUIDANCE,
+                   "max_seed": MAX_SEED},
     }  # fmt: skip
 
 
 def _add_assets(app: FastAPI) -> None:
-    """Serve the page's three files, read once from the package: no route maps a URL to a path."""
+    """Serve the page's three files, read once from the package, and its icon: no route maps a
+    URL to a path."""
     folder = resources.files("ddim.serve") / "static"
     headers = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff"}
+    icon = favicon()
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon_route() -> Response:
+        return Response(icon, media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
+
     for route, filename in ASSETS.items():
         body = (folder / filename).read_bytes()
         media = _MEDIA[Path(filename).suffix]
@@ -235,28 +250,81 @@ async def _read_upload(request: Request, limit: int) -> bytes | Response:
     """The request body, refused with 413 past `limit` bytes (before reading, if it says so)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        return _too_large(int(declared), limit)
+        return _too_large(limit)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            return _too_large(size, limit)
+            return _too_large(limit)
         chunks.append(chunk)
     if size == 0:
         return _field_error("body", "empty upload: send an image file as the request body")
     return b"".join(chunks)
 
 
-def _too_large(size: int, limit: int) -> Response:
-    return _message(413, f"the upload has {size} bytes or more; at most {limit}")
+def _too_large(limit: int) -> Response:
+    size_text = f"{limit // 1024:,} KiB" if limit >= 1024 else f"{limit} bytes"
+    return _message(413, f"the file is too large: the server takes uploads of at most {size_text}")
 
 
 def _busy(e: QueueFull) -> Response:
     return _message(429, str(e), {"Retry-After": str(e.retry_after)})
 
 
-def _field_error(where: str, message: str) -> Response:
-    return _message(422, f"{where}: {message}", detail=[{"loc": [where], "msg": message}])
+def _field_error(where: str, message: str, kind: str = "value_error") -> Response:
+    """422 in the shape of FastAPI's validation errors (the schema's HTTPValidationError)."""
+    return _message(422, f"{where}: {message}", detail=[{"loc": [where], "msg": message, "type": kind}])
+
+
+async def _not_json(request: Request, exc: Exception) -> Response:
+    """FastAPI answers a JSON body it cannot decode (not UTF-8) with an undocumented 400: here it is
+    the documented 422, like any other body that is not JSON; other HTTP errors as FastAPI has them."""
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        return _field_error("body", "not JSON text (a JSON object in UTF-8 is expected)", "json_invalid")
+    return await http_exception_handler(request, exc)
+
+
+class _JSONBodyLimit:
+    """ASGI middleware: a request body (JSON: all but the /api/invert upload) is refused with 413
+    past `limit` bytes, before it is parsed (a declared length at once, a chunked one as soon as
+    it passes the limit)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"] == "/api/invert":  # uploads: their own limit
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay(message, receive), send)
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                return await self._refuse(scope, receive, send)
+        whole = {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, _replay(whole, receive), send)
+
+    async def _refuse(self, scope: dict, receive: Callable, send: Callable) -> None:
+        size = f"{self.limit // 1024:,} KiB" if self.limit >= 1024 else f"{self.limit} bytes"
+        await _message(413, f"the JSON body is too large: at most {size}")(scope, receive, send)
+
+
+def _replay(first: dict, receive: Callable) -> Callable:
+    """A `receive` that gives `first`, then what `receive` gives (a disconnect, say)."""
+    pending = [first]
+
+    async def replayed() -> dict:
+        return pending.pop() if pending else await receive()
+
+    return replayed
 
 
 def _message(status: int, message: str, headers: dict | None = None, **extra: Any) -> Response:

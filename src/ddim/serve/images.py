@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import warnings
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 from torch import Tensor
 
-from ddim.data import to_8bit
+from ddim.data import image_error, to_8bit
 from ddim.io import make_grid, to_uint8
 
 
@@ -47,19 +48,30 @@ def decode_upload(data: bytes, shape: tuple[int, ...], max_pixels: int) -> Tenso
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > max_pixels:
-                raise BadImage(f"the image has {image.width}×{image.height} pixels; at most {max_pixels}")
+                side = math.isqrt(max_pixels)
+                raise BadImage(
+                    f"the image is {image.width}×{image.height} pixels; the server takes images of "
+                    f"at most {max_pixels:,} pixels ({side}×{side})"
+                )
             image = ImageOps.fit(to_8bit(image, "L" if channels == 1 else "RGB"), (width, height))
     except BadImage:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    # Not a blanket default: Pillow's format plugins fail on damaged files with almost any
+    # exception type (NotImplementedError, struct.error, SyntaxError, ...); each is a 422.
+    except Exception as e:
         form = data.lstrip().startswith(b"--")  # multipart/form-data: the file inside a form
-        hint = (
-            "; send the file's bytes as the request body (curl --data-binary @file), not a form"
-            if form
-            else ""
-        )
-        raise BadImage(f"not an image file the server can read ({type(e).__name__}){hint}") from None
-    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt files, by PIL's plugins
-        raise BadImage(f"a damaged image file: {e}") from None
+        hint = "; send the file's bytes as the request body (curl --data-binary @file), not a form"
+        raise BadImage(f"{image_error(e)}{hint if form else ''}") from None
     array = np.asarray(image, dtype=np.float32).reshape(height, width, channels)  # (H, W, C)
     return torch.from_numpy(array).permute(2, 0, 1)[None] / 127.5 - 1.0  # (1, C, H, W)
+
+
+def favicon() -> bytes:
+    """The page's icon, drawn here: a 32×32 ICO of a noisy square turning clean, left to right."""
+    x = np.linspace(0, 1, 32)[None, :]  # (1, 32) the share of the way from noise to image
+    noise = np.random.default_rng(0).uniform(0, 255, (32, 32))
+    clean = np.where((np.arange(32)[:, None] // 8 + np.arange(32)[None, :] // 8) % 2, 230.0, 40.0)
+    pixels = ((1 - x) * noise + x * clean).astype(np.uint8)  # (32, 32)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert("RGB").save(buffer, format="ICO", sizes=[(32, 32)])
+    return buffer.getvalue()

@@ -13,6 +13,7 @@ class Limits:
     max_upload_bytes: int = 2 * 2**20  # size of an uploaded image file
     max_upload_pixels: int = 4096 * 4096  # its width × height, checked before decoding
     max_queue: int = 4  # jobs waiting behind the running one; more are answered with 429
+    max_json_bytes: int = 64 * 2**10  # a JSON request body, refused with 413 before it is parsed
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():

@@ -29,8 +29,8 @@ async function explain(response) {
     const body = await response.json();
     message = body.message || JSON.stringify(body.detail) || message;
   } catch (_) { /* not JSON: keep the status line */ }
-  const retry = response.headers.get("Retry-After");
-  return retry ? `${message} (server busy: try again in ${retry} s)` : message;
+  // a 429's message already says when to retry (Retry-After): it is shown as it is
+  return message;
 }
 
 async function* serverSentEvents(response) {
@@ -57,6 +57,71 @@ async function* serverSentEvents(response) {
 
 const ms = (seconds) => `${(seconds * 1000).toFixed(0)} ms`;
 
+function clearResult(...elements) {
+  // After an error, the previous result must not stay on screen as if it were the answer.
+  for (const element of elements) element.hidden = true;
+}
+
+function stepsNote(asked, got, spacing) {
+  // A spacing can merge timesteps (quadratic 50 → 49, logsnr 200 → 177): say so.
+  return got === asked ? `${got} steps` : `${got} steps (${asked} asked: the ${spacing} spacing repeats timesteps)`;
+}
+
+// --- Settings in the URL: shareable, restored on load ------------------------------------------
+const SHARED = ["steps", "sampler", "eta", "spacing", "seed", "n", "classes", "guidance"];
+
+function saveSettings() {
+  const form = $("#sample-form"), query = new URLSearchParams();
+  for (const name of SHARED) {
+    const element = form.elements[name];
+    if (element && !element.disabled && element.value !== "") query.set(name, element.value);
+  }
+  query.set("preview", form.elements.preview.value);
+  history.replaceState(null, "", `?${query}`);
+}
+
+function restoreSettings() {
+  const form = $("#sample-form"), query = new URLSearchParams(location.search);
+  for (const name of [...SHARED, "preview"]) {
+    if (!query.has(name)) continue;
+    const value = query.get(name);
+    if (name === "preview") {
+      for (const radio of form.querySelectorAll("input[name=preview]")) radio.checked = radio.value === value;
+    } else if (form.elements[name].tagName !== "SELECT" || [...form.elements[name].options].some((o) => o.value === value)) {
+      form.elements[name].value = value;
+    }
+  }
+  syncEta();
+  if (!form.elements.classes.disabled) syncGuidance(form);
+}
+
+// --- History of results ------------------------------------------------------------------------
+const HISTORY = 6;
+
+function remember(src, alt) {
+  const list = $("#history"), button = document.createElement("button"), image = new Image();
+  image.src = src;
+  image.alt = alt;
+  button.type = "button";
+  button.title = alt;
+  button.append(image);
+  button.addEventListener("click", () => showSample(src, alt));
+  const item = document.createElement("li");
+  item.append(button);
+  list.prepend(item);
+  while (list.children.length > HISTORY) list.lastElementChild.remove();
+  $("#history-view").hidden = false;
+}
+
+function showSample(src, alt) {
+  const image = $("#sample-image"), link = $("#sample-download");
+  image.src = src;
+  image.alt = alt;
+  image.hidden = false;
+  link.href = src;
+  link.hidden = false;
+}
+
 // --- Sample -------------------------------------------------------------------------------
 let running = null; // the AbortController of the sampling request in flight
 
@@ -65,10 +130,13 @@ async function sample(event) {
   const section = $("#sample"), form = $("#sample-form"), image = $("#sample-image");
   const body = formValues(form);
   if (body.sampler !== "ddim") delete body.eta;
+  saveSettings();
   const preview = () => form.elements.preview.value;
   running = new AbortController();
-  $("#sample-button").disabled = true;
   $("#stop-button").disabled = false;
+  $("#stop-button").focus(); // the Sample button is about to be disabled: focus must not fall to <body>
+  $("#sample-button").disabled = true;
+  $("#sample-download").hidden = true;
   $("#sample-progress").value = 0;
   image.dataset.final = "false";
   setState(section, "running", "starting…");
@@ -87,17 +155,18 @@ async function sample(event) {
         image.alt = `step ${data.step} of ${data.steps}: ${preview() === "x0" ? "predicted x0" : "x_t"}`;
         image.hidden = false;
         $("#sample-progress").value = data.step / data.steps;
-        setState(section, "running",
-          `step ${data.step}/${data.steps} (t = ${data.t}), ${ms(data.seconds / data.step)} per step`);
+        const left = (data.steps - data.step) * data.seconds / data.step;
+        setState(section, "running", `step ${data.step}/${data.steps} (t = ${data.t}), ` +
+          `${ms(data.seconds / data.step)} per step, about ${left.toFixed(1)} s left`);
       } else if (event === "done") {
-        image.src = data.image;
-        image.alt = `${data.n} samples, ${data.steps} steps`;
-        image.hidden = false;
+        const alt = `${data.n} samples, ${data.steps} steps, seed ${body.seed}`;
+        showSample(data.image, alt);
+        remember(data.image, alt);
         image.dataset.final = "true";
         $("#sample-progress").value = 1;
         finished = true;
-        setState(section, "done", `${data.n} images, ${data.steps} steps in ${data.seconds.toFixed(2)} s ` +
-          `(${ms(data.seconds / data.steps)} per step)`);
+        setState(section, "done", `${data.n} images, ${stepsNote(body.steps, data.steps, body.spacing)} in ` +
+          `${data.seconds.toFixed(2)} s (${ms(data.seconds / data.steps)} per step)`);
       } else if (event === "error") {
         throw new Error(data.message);
       }
@@ -105,10 +174,16 @@ async function sample(event) {
     if (!finished) throw new Error("the stream ended before the images were done");
   } catch (error) {
     if (error.name === "AbortError") setState(section, "idle", "stopped");
-    else setState(section, "error", `error: ${error.message}`);
+    else {
+      clearResult(image, $("#sample-download"));
+      setState(section, "error", `error: ${error.message}`);
+    }
   } finally {
     running = null;
     $("#sample-button").disabled = false;
+    if (document.activeElement === $("#stop-button") || document.activeElement === document.body) {
+      $("#sample-button").focus(); // Stop is about to be disabled
+    }
     $("#stop-button").disabled = true;
   }
 }
@@ -118,8 +193,16 @@ function stop() {
 }
 
 function syncEta() {
-  const form = $("#sample-form");
-  form.elements.eta.disabled = form.elements.sampler.value !== "ddim";
+  // η is the ddim sampler's own: for the others the field is disabled and shows what they use.
+  const eta = $("#sample-form").elements.eta, sampler = $("#sample-form").elements.sampler.value;
+  const off = sampler !== "ddim";
+  if (off && !eta.disabled) eta.dataset.kept = eta.value;
+  if (!off && eta.disabled) eta.value = eta.dataset.kept ?? "0";
+  eta.disabled = off;
+  if (off) {
+    eta.value = "";
+    eta.placeholder = sampler === "ddpm" ? "1 (DDPM)" : sampler === "ddpm-large" ? "σ̂" : "0";
+  }
 }
 
 function syncGuidance(form) {
@@ -134,6 +217,8 @@ function showFrame() {
   const slider = $("#frame-slider"), i = Number(slider.value);
   const weight = frames.length > 1 ? i / (frames.length - 1) : 0;
   $("#interpolate-image").src = frames[i];
+  $("#interpolate-download").href = frames[i];
+  $("#interpolate-download").download = `ddim-frame-${i + 1}.png`;
   $("#interpolate-image").alt = `frame ${i + 1} of ${frames.length}, slerp weight ${weight.toFixed(2)}`;
   $("#frame-label").textContent = `${i + 1} / ${frames.length} (α = ${weight.toFixed(2)})`;
   slider.setAttribute("aria-valuetext", `frame ${i + 1} of ${frames.length}`);
@@ -144,6 +229,7 @@ async function interpolate(event) {
   const section = $("#interpolate"), button = $("#interpolate-button");
   button.disabled = true;
   setState(section, "running", "decoding the path…");
+  const asked = performance.now();
   try {
     const response = await fetch("/api/interpolate", {
       method: "POST", headers: { "Content-Type": "application/json" },
@@ -157,9 +243,11 @@ async function interpolate(event) {
     slider.value = "0";
     $("#interpolate-view").hidden = false;
     showFrame();
-    setState(section, "done", `${frames.length} frames, ${data.steps} steps each, ` +
-      `${data.seconds.toFixed(2)} s: move the slider (arrow keys work)`);
+    const total = (performance.now() - asked) / 1000; // waiting in the queue included
+    setState(section, "done", `${frames.length} frames, ${data.steps} steps each, ${total.toFixed(2)} s ` +
+      `(${data.seconds.toFixed(2)} s computing): move the slider (arrow keys work)`);
   } catch (error) {
+    clearResult($("#interpolate-view"));
     setState(section, "error", `error: ${error.message}`);
   } finally {
     button.disabled = false;
@@ -185,10 +273,12 @@ async function invert(event) {
     $("#invert-input").src = data.input;
     $("#invert-output").src = data.reconstruction;
     $("#invert-mse").textContent = data.mse.toExponential(2);
+    $("#invert-download").href = data.reconstruction;
     $("#invert-view").hidden = false;
     setState(section, "done", `S = ${data.steps} each way, ${data.seconds.toFixed(2)} s: ` +
       `per-pixel MSE ${data.mse.toExponential(2)} on [-1, 1]`);
   } catch (error) {
+    clearResult($("#invert-view"));
     setState(section, "error", `error: ${error.message}`);
   } finally {
     button.disabled = false;
@@ -225,7 +315,9 @@ async function setUp() {
   n.max = limits.max_n;
   n.value = Math.min(Number(n.value), limits.max_n);
   $("#interpolate-form").elements.frames.max = limits.max_frames;
+  for (const input of document.querySelectorAll("input[name^=seed]")) input.max = limits.max_seed;
   if (info.num_classes) showClasses(info, limits.max_guidance);
+  restoreSettings();
 }
 
 $("#sample-form").addEventListener("submit", sample);
