@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ddim.checkpoint import builtin_names, load
 from ddim.cli import main as ddim_main
 from ddim.io import atomic_write
+from ddim.loading import builtin_names, load
 
 DOC = Path("docs/latent-space.md")
 IMAGES = Path("docs/images")

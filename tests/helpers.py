@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from ddim.checkpoint import builtin_names
 from ddim.cli import main
+from ddim.loading import builtin_names
 
 if TYPE_CHECKING:  # diffusers is imported only by the tests that compare with it
     from diffusers import DDIMScheduler, DDPMScheduler

@@ -6,7 +6,8 @@ import safetensors.torch
 import torch
 
 import ddim
-from ddim.checkpoint import FORMAT_VERSION, CheckpointError, builtin_names, read_metadata
+from ddim.checkpoint import FORMAT_VERSION, CheckpointError, read_metadata
+from ddim.loading import builtin_names
 from ddim.models import Model
 from ddim.toy import toy_model
 

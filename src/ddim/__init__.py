@@ -7,11 +7,12 @@ x = ddim.sample(conditional_model, n=4, classes=[0, 1, 2, 3], guidance=2.0)   # 
 """
 
 from ddim import metrics
-from ddim.checkpoint import CheckpointError, builtin_names, load, save
+from ddim.checkpoint import CheckpointError, save
 from ddim.consistency import consistency
 from ddim.editing import edit
 from ddim.interpolation import interpolate, slerp
 from ddim.inversion import invert, reconstruct, reconstruction_errors
+from ddim.loading import builtin_names, load
 from ddim.models import Model
 from ddim.sampling import Trajectory, sample, seeded_latents
 from ddim.schedule import NoiseSchedule, custom_timesteps, timesteps

@@ -31,7 +31,7 @@ from ddim.io import atomic_write
 from ddim.models import Model
 from ddim.models.unet import UNet, UNetConfig
 from ddim.schedule import NoiseSchedule
-from ddim.toy import MixtureDenoiser, toy_model
+from ddim.toy import MixtureDenoiser
 
 FORMAT, FORMAT_VERSION = "ddim", 1
 MAX_SAMPLE_VALUES = 2**26  # values in one sample (C·H·W) a checkpoint may declare: 4096×4096×4
@@ -43,19 +43,21 @@ _INPUT_SHAPES: dict[str, Callable[[Any], tuple[int, ...]]] = {  # net.config →
     "unet": lambda c: (c.in_channels, c.resolution, c.resolution),
     "gaussian-mixture": lambda c: tuple(c.shape),
 }
-_BUILTIN_FACTORIES: dict[str, Callable[[], Model]] = {"toy": toy_model}
 
 
 class CheckpointError(ValueError):
     """A file that is missing, corrupt, or not a checkpoint this version can read."""
 
 
-def builtin_names() -> list[str]:
-    """Names `load` accepts besides paths: factories and the files shipped in ddim/weights/."""
+def shipped_names() -> list[str]:
+    """The models shipped as native files in the package's weights/ folder."""
     folder = _weights_dir()
     files = folder.iterdir() if folder.is_dir() else []
-    shipped = [p.name.removesuffix(".safetensors") for p in files if p.name.endswith(".safetensors")]
-    return sorted({*_BUILTIN_FACTORIES, *shipped})
+    return sorted(p.name.removesuffix(".safetensors") for p in files if p.name.endswith(".safetensors"))
+
+
+def shipped_file(name: str):  # a Traversable: the shipped model `name`, which may not exist
+    return _weights_dir() / f"{name}.safetensors"
 
 
 def _weights_dir():  # a Traversable, the package's weights/ folder
@@ -93,31 +95,6 @@ def save(model: Model, path: str | os.PathLike, dtype: torch.dtype | None = None
     }
     data = safetensors.torch.save(tensors, metadata={FORMAT: json.dumps(meta)})
     return atomic_write(path, lambda f: f.write(data))
-
-
-def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu") -> Model:
-    """A built-in model by name (see `builtin_names()`), a path: a native checkpoint, a
-    diffusers UNet2DModel folder or an official DDPM/DDIM checkpoint (see `ddim.convert`), or a
-    published model: a short name like "ddpm-cifar10" or a Hugging Face Hub id (see `ddim.hub`)."""
-    from ddim import convert, hub  # they build on this module: imported here, not at the top
-
-    key = str(name_or_path)
-    if key in _BUILTIN_FACTORIES:
-        model = _BUILTIN_FACTORIES[key]()
-    elif (_weights_dir() / f"{key}.safetensors").is_file():
-        with resources.as_file(_weights_dir() / f"{key}.safetensors") as path:
-            model = load_native(path)
-    elif hub.resolves(key):  # downloaded once, then read from the cache
-        model = hub.load(key)
-    else:
-        path = Path(name_or_path)
-        if not path.exists():
-            raise CheckpointError(
-                f"no such file, and not a built-in model: {key} (built-in: {', '.join(builtin_names())})"
-            )
-        model = load_native(path) if convert.detect(path) == "ddim" else convert.import_model(path)
-    model.net.to(device)
-    return model
 
 
 def read_metadata(path: str | os.PathLike) -> dict:

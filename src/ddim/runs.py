@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ddim.checkpoint import check_weights, first_line, load, read_torch_file, save
+from ddim.checkpoint import check_weights, first_line, read_torch_file, save
 from ddim.io import atomic_write, make_grid, save_png, to_uint8
+from ddim.loading import load
 from ddim.models import Model
 from ddim.sampling import sample
 from ddim.train_config import RESUMABLE, TrainConfig, load_toml, to_toml

@@ -7,11 +7,11 @@ from dataclasses import asdict
 
 import numpy as np
 
-from ddim.checkpoint import load
 from ddim.cli._args import eta_arg, int_at_least, int_list, output_file
 from ddim.cli._images import add_model_options, model_options
 from ddim.consistency import Consistency, consistency
 from ddim.io import make_grid, save_json, save_png, to_uint8, together
+from ddim.loading import load
 
 EXAMPLES = """examples:
   ddim consistency --model mnist --n 8 --out consistency.png

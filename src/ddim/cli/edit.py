@@ -7,11 +7,11 @@ import time
 
 import torch
 
-from ddim.checkpoint import load
 from ddim.cli._args import class_list, guidance_arg, int_at_least, output_file, output_folder
 from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
 from ddim.editing import EDIT_GUIDANCE, EDIT_METHODS, edit, edit_method
 from ddim.io import check_writable, make_grid, save_png, save_samples, to_uint8, together
+from ddim.loading import load
 
 EDIT_MODEL = "mnist-cond"  # the shipped class-conditional model (docs/models/mnist-cond.md)
 EXAMPLES = """examples:

@@ -11,7 +11,6 @@ from tqdm.auto import tqdm
 
 from ddim import distributed
 from ddim import evaluate as sweep
-from ddim.checkpoint import load
 from ddim.cli._args import (
     DEFAULT_MODEL,
     add_execution_options,
@@ -22,6 +21,7 @@ from ddim.cli._args import (
     output_folder,
 )
 from ddim.data import load_images
+from ddim.loading import load
 from ddim.metrics import Extractor, FeatureStats, cached_feature_stats, load_extractor
 from ddim.metrics.extractors import INCEPTION_ENV
 from ddim.schedule import SPACINGS

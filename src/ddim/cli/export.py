@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddim.checkpoint import load
 from ddim.export import FORMATS, to_diffusers, to_onnx
 from ddim.io import check_writable
+from ddim.loading import load
 
 EXPORT_EXAMPLES = """examples:
   ddim export mnist --format diffusers --out mnist-diffusers/   then DDPMPipeline.from_pretrained(...)

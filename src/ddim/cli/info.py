@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 from ddim import hub
-from ddim.checkpoint import builtin_names, load, read_metadata
+from ddim.checkpoint import read_metadata
 from ddim.cli._args import DEFAULT_MODEL
 from ddim.convert import FORMATS, detect
+from ddim.loading import builtin_names, load
 
 INFO_EXAMPLES = """examples:
   ddim info                          the shipped default model

@@ -9,12 +9,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ddim.checkpoint import load
 from ddim.cli._args import int_at_least, int_list, output_file
 from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
 from ddim.interpolation import interpolate
 from ddim.inversion import invert
 from ddim.io import make_grid, save_gif, save_png, to_uint8, together
+from ddim.loading import load
 from ddim.models import Model
 from ddim.sampling import seeded_latents
 from ddim.schedule import timesteps

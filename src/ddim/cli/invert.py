@@ -7,11 +7,11 @@ import time
 
 import numpy as np
 
-from ddim.checkpoint import load
 from ddim.cli._args import int_at_least, output_file
 from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
 from ddim.inversion import invert
 from ddim.io import save_npz
+from ddim.loading import load
 from ddim.schedule import timesteps
 
 EXAMPLES = """examples:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ddim import hub
-from ddim.checkpoint import builtin_names
+from ddim.loading import builtin_names
 
 MODELS_EXAMPLES = """examples:
   ddim models                                  known names; cached files and their sizes

@@ -8,11 +8,11 @@ import io
 
 import torch
 
-from ddim.checkpoint import load
 from ddim.cli._args import int_at_least, int_list, output_file
 from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
 from ddim.inversion import PAPER_TABLE2, ReconstructionError, reconstruction_errors
 from ddim.io import atomic_write, make_grid, save_json, save_png, to_uint8, together
+from ddim.loading import load
 
 EXAMPLES = """examples:
   ddim reconstruct --model mnist --images mnist.npz --limit 500 --steps 10,20,50,100

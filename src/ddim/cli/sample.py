@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 from ddim import distributed, samplers
-from ddim.checkpoint import load
 from ddim.cli._args import (
     DEFAULT_MODEL,
     add_execution_options,
@@ -28,6 +27,7 @@ from ddim.cli._args import (
 from ddim.cli._images import read_latents
 from ddim.execution import Execution
 from ddim.io import check_writable, save_samples, save_trajectory_gif, together
+from ddim.loading import load
 from ddim.models import Model
 from ddim.plan import SamplePlan, resolve
 from ddim.sampling import run as run_plan

@@ -8,8 +8,8 @@ import os
 import socket
 import sys
 
-from ddim.checkpoint import load
 from ddim.cli._args import device_arg, int_at_least
+from ddim.loading import load
 
 SERVE_MODEL = "mnist"
 SERVE_EXAMPLES = """examples:
