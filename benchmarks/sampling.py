@@ -42,11 +42,11 @@ from tqdm import tqdm
 
 import ddim
 from ddim.cli._args import device_arg, int_at_least, int_list
-from ddim.execution import prepare
+from ddim.execution import autocast, prepare
 from ddim.io import atomic_write
 from ddim.models import Model
 from ddim.models.unet import UNet, UNetConfig
-from ddim.sampling import PRECISIONS, _autocast, seeded_latents
+from ddim.sampling import PRECISIONS, seeded_latents
 from ddim.train_config import TrainConfig, load_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +198,7 @@ def _measure(
     outputs, memory, longest = {}, {}, max(steps)
 
     def evaluate(name: str) -> None:
-        with torch.no_grad(), _autocast(device, variants[name]["precision"]):
+        with torch.no_grad(), autocast(device, variants[name]["precision"]):
             nets[name](x, t)
 
     def draw(name: str, S: int) -> None:

@@ -1,28 +1,42 @@
-"""How the sampler runs the network: channels-last memory and torch.compile.
+"""How a network runs: its precision (autocast), channels-last memory and torch.compile.
 
-Neither changes what is computed, only how (the precision, `sampling.Precision`, is the other
-execution option; it does change the arithmetic). Channels-last stores a batch of images as
-(N, H, W, C) in memory, the layout that CPU (oneDNN) and GPU (cuDNN) convolutions prefer.
-torch.compile traces the network once and replaces its operations by generated, fused kernels.
-Results differ from eager float32 by rounding only; benchmarks/sampling.py measures what each buys.
+The sampler and the feature extractors (`ddim.metrics`) take the same three options. The
+precision changes the arithmetic; channels-last and compile change only how the same thing is
+computed. Channels-last stores a batch of images as (N, H, W, C) in memory, the layout that CPU
+(oneDNN) and GPU (cuDNN) convolutions prefer. torch.compile traces the network once and
+replaces its operations by generated, fused kernels. Results differ from eager float32 by
+rounding only; benchmarks/sampling.py and benchmarks/inception.py measure what each buys.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
-Net = Callable[[Tensor, Tensor], Tensor]
+Net = Callable[..., Tensor]  # net(x (B, C, H, W), *conditioning) → Tensor
+Precision = Literal["fp32", "bf16", "fp16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class CompileError(RuntimeError):
     """torch.compile could not compile the network (no C++ compiler, an unsupported platform, …)."""
 
 
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """The context a network call runs in at `precision`: bf16/fp16 autocast (weights stay fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
 def prepare(net: Net, *, channels_last: bool = False, compile: bool = False) -> Net:
-    """`net` as the sampling loop calls it, net(x_t (B, C, H, W), t (B,)[, labels (B,)]) → (B, C, H, W).
+    """`net` as its caller runs it: net(x (B, C, H, W), *rest), e.g. the sampling loop's
+    net(x_t, t (B,)[, labels (B,)]) → (B, C, H, W) or a feature extractor's net(x) → (B, D).
 
     channels_last: convert an nn.Module's 4-D weights to channels-last memory, in place (their
     values do not change), and every input x_t on the way in. compile: torch.compile with static
@@ -38,8 +52,8 @@ def prepare(net: Net, *, channels_last: bool = False, compile: bool = False) -> 
 
 
 def _channels_last_inputs(net: Net) -> Net:
-    def call(x: Tensor, t: Tensor, *labels: Tensor) -> Tensor:
-        return net(x.contiguous(memory_format=torch.channels_last), t, *labels)
+    def call(x: Tensor, *rest: Tensor) -> Tensor:
+        return net(x.contiguous(memory_format=torch.channels_last), *rest)
 
     return call
 
@@ -51,9 +65,9 @@ def _compiled(net: Net) -> Net:
     except RuntimeError as e:  # e.g. a Python version Dynamo does not support yet
         raise CompileError(f"torch.compile is not available here: {_one_line(e)}") from e
 
-    def call(x: Tensor, t: Tensor, *labels: Tensor) -> Tensor:
+    def call(x: Tensor, *rest: Tensor) -> Tensor:
         try:
-            return compiled(x, t, *labels)
+            return compiled(x, *rest)
         except torch._dynamo.exc.TorchDynamoException as e:  # e.g. BackendCompilerFailed
             raise CompileError(f"torch.compile failed: {_one_line(e)}; run without compiling") from e
 

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ddim.execution import Net, prepare
+from ddim.execution import PRECISIONS, Net, Precision, autocast, prepare
 from ddim.guidance import Classes, conditioning, dynamic_thresholding, guided
 from ddim.models import Model, num_classes
 from ddim.models.parameterization import Prediction, eps_from_x0, to_x0_eps
@@ -38,9 +38,6 @@ from ddim.solvers import SOLVERS, Evaluation, correct, extrapolate
 
 Sampler = Literal["ddim", "ddpm", "ddpm-large", "dpm-solver++", "unipc", "plms"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
-Precision = Literal["fp32", "bf16", "fp16"]
-PRECISIONS: tuple[str, ...] = get_args(Precision)
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 _LATENT_STREAM, _STEP_NOISE_STREAM = 0, 1  # two independent random streams per sample
 
 
@@ -115,12 +112,12 @@ def denoise(
         raise ValueError("an ascending timestep sequence (inversion) needs sampler 'ddim' with eta = 0")
     if sampler in SOLVERS:
         check_eta(sampler, eta)
-    autocast = _autocast(x.device, precision)
+    in_precision = autocast(x.device, precision)
     history: deque[Evaluation] = deque(maxlen=4)  # the latest network outputs, for the ODE solvers
     x_prev = x  # where the last step started, for UniPC's corrector
     for i, (t, t_next) in enumerate(pairwise(ts)):
         a_t, a_next = (schedule.alpha_bar_at(s).item() for s in (t, t_next))
-        with autocast:
+        with in_precision:
             out = net(x, torch.full((x.shape[0],), t, dtype=torch.int64, device=x.device))
         x0, eps = to_x0_eps(out.to(x.dtype), x, a_t, prediction)
         if clip:  # keep ε̂ consistent with the clipped x̂_0, so eq. 12 stays the posterior mean
@@ -146,12 +143,6 @@ def _check_sequence(ts: Sequence[int], T: int) -> list[int]:
     if min(ts[:-1]) < 0 or ts[-1] < -1 or max(ts) >= T:
         raise ValueError(f"timesteps must be in [0, {T - 1}] (and -1, clean, only at the end), got {ts}")
     return ts
-
-
-def _autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
 
 
 def sample_generator(seed: int, index: int, stream: int) -> torch.Generator:
