@@ -99,7 +99,15 @@ def test_the_solvers_and_logsnr_spacing_give_the_librarys_images(client, tiny_ch
 
 def test_model_info_lists_the_samplers_spacings_and_classes(client, conditional_client):
     info = client.get("/api/model").json()
-    assert info["samplers"] == ["ddim", "ddpm", "ddpm-large", "dpm-solver++", "unipc", "plms"]
+    assert info["samplers"] == [
+        "ddim",
+        "ddpm",
+        "ddpm-large",
+        "dpm-solver++",
+        "dpm-solver++3m",
+        "unipc",
+        "plms",
+    ]
     assert info["spacings"] == ["uniform", "quadratic", "trailing", "linspace", "logsnr"]
     assert (info["num_classes"], info["class_names"]) == (None, [])
     info = conditional_client.get("/api/model").json()

@@ -141,7 +141,7 @@ def test_a_class_and_guidance_chosen_on_the_page_reach_the_sampler(conditional_u
 def test_a_solver_with_logsnr_spacing_sends_no_eta(page, url):
     form = page.locator("#sample-form")
     samplers = form.locator("select[name=sampler] option").all_inner_texts()
-    assert samplers == ["ddim", "ddpm", "ddpm-large", "dpm-solver++", "unipc", "plms"]
+    assert samplers == ["ddim", "ddpm", "ddpm-large", "dpm-solver++", "dpm-solver++3m", "unipc", "plms"]
     form.locator("select[name=sampler]").select_option("plms")
     assert form.locator("input[name=eta]").is_disabled()  # η is for ddim only
     form.locator("select[name=spacing]").select_option("logsnr")
