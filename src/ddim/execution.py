@@ -51,8 +51,9 @@ class Execution:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
 
     def prepare(self, net: Net) -> Net:
-        """`net` in channels-last memory and compiled, as asked (`prepare`)."""
-        return prepare(net, channels_last=self.channels_last, compile=self.compile)
+        """`net` in channels-last memory and compiled, as asked (`prepare`), its output checked
+        to be a tensor of its input's shape."""
+        return _checked(prepare(net, channels_last=self.channels_last, compile=self.compile), _name(net))
 
     def in_precision(self, net: Net, device: torch.device) -> Net:
         """`net` (any wrapper of the network: guidance, thresholding) called under autocast to
@@ -95,7 +96,7 @@ def prepare(net: Net, *, channels_last: bool = False, compile: bool = False) -> 
         if isinstance(net, nn.Module):
             net.to(memory_format=torch.channels_last)
         net = _channels_last_inputs(net)
-    return _checked(_compiled(net) if compile else net, _name(net))
+    return _compiled(net) if compile else net
 
 
 def _checked(net: Net, name: str) -> Net:

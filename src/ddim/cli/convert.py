@@ -8,6 +8,7 @@ from pathlib import Path
 from ddim.checkpoint import save
 from ddim.cli._args import int_at_least, output_file
 from ddim.convert import FORMATS, detect, import_model
+from ddim.loading import builtin_names
 
 CONVERT_EXAMPLES = """examples:
   ddim convert ddpm-cifar10-32/ --out cifar10.safetensors         a diffusers model or pipeline folder
@@ -44,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must end in .safetensors, got {out.name}")
     if out.exists() and not args.overwrite:
         raise ValueError(f"{out} exists; pass --overwrite to replace it")
+    if args.src in builtin_names() and not Path(args.src).exists():
+        raise ValueError(f"{args.src} is a built-in model, in ddim's format already: use it by name")
     fmt = detect(args.src)
     model = import_model(args.src, resolution=args.resolution)
     save(model, out)  # atomic: a failure leaves any earlier file as it was

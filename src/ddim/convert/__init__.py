@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from ddim.checkpoint import CheckpointError, read_metadata, shipped_names
+from ddim.checkpoint import CheckpointError, read_metadata
 from ddim.convert import diffusers, official
 from ddim.models import Model
 
@@ -40,8 +40,6 @@ def detect(path: str | os.PathLike) -> Format:
             "a ddim checkpoint is a .safetensors file"
         )
     if not path.exists():
-        if str(path) in shipped_names():
-            raise CheckpointError(f"{path} is a built-in model, in ddim's format already: use it by name")
         raise CheckpointError(f"no such file or folder: {path}")
     if path.suffix == ".safetensors":
         return "ddim"
