@@ -132,3 +132,31 @@ def test_bad_checkpoint_through_the_real_command(tmp_path, tiny_checkpoint, dama
     assert result.stderr.startswith("ddim sample: error: ")
     assert len(result.stderr.strip().splitlines()) == 1
     assert out.read_bytes() == b"earlier results"  # nothing was overwritten
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--sampler", "plms", "--eta", "0.5"],
+        ["--sampler", "ddpm", "--eta", "0.3"],
+        ["--class", "3"],  # an unconditional model
+        ["--guidance", "2"],  # guidance without classes
+        ["--dynamic-threshold", "1.5"],
+        ["--timesteps", "5000,10"],
+    ],
+)
+def test_dry_run_refuses_what_a_run_refuses(capsys, tmp_path, argv):
+    """Issue 23: --dry-run resolves the plan, so it exits 2 with the real run's one-line error."""
+    real = run(capsys, "sample", "--model", "toy", "-n", 1, "--steps", 2, *argv, "--out", tmp_path / "x.png")
+    dry = run(capsys, "sample", "--model", "toy", "-n", 1, "--steps", 2, *argv, "--dry-run")
+    assert real[0] == dry[0] == 2
+    assert dry[2] == real[2]
+    assert len(dry[2].strip().splitlines()) == 1
+
+
+def test_dry_run_prints_the_resolved_plan(capsys):
+    code, out, _ = run(capsys, "sample", "--model", "toy", "--sampler", "ddpm", "--spacing", "trailing",
+                           "--steps", "4", "--dry-run")  # fmt: skip
+    assert code == 0
+    settings = json.loads(out)
+    assert (settings["eta"], settings["clip"], settings["timesteps"]) == (1.0, False, [999, 749, 499, 249])

@@ -1,6 +1,6 @@
 """Retrain the `mnist` feature classifier and write its weights (a few minutes on one CPU thread).
 
-    OMP_NUM_THREADS=1 python -m ddim.metrics.train_mnist --data mnist.npz --out mnist-classifier.safetensors
+    OMP_NUM_THREADS=1 python -m benchmarks.train_mnist --data mnist.npz --out mnist-classifier.safetensors
 
 (the shipped file is src/ddim/metrics/weights/mnist-classifier.safetensors: 99.46 % test accuracy,
 111 s). Adam with a one-cycle learning rate, light random shifts (±2 px) as augmentation; the
