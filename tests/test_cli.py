@@ -96,7 +96,7 @@ def test_info_describes_a_checkpoint(capsys, tiny_checkpoint):
         (["sample", "--steps", "1001"], r"steps must be an integer in [1, 1000]"),
         (["sample", "--eta", "1.5"], "argument --eta: must be in [0, 1], got 1.5"),
         (["sample", "--eta", "-0.1"], "argument --eta: must be in [0, 1]"),
-        (["sample", "--n", "0"], "argument -n/--n: must be >= 1"),
+        (["sample", "--n", "0"], "argument -n/--n: must be in [1, 100000000]"),
         (["sample", "--spacing", "cubic"], "invalid choice: 'cubic'"),
         (["sample", "--sampler", "ddpm", "--eta", "0.3"], "only for sampler 'ddim'"),
         (["sample", "--timesteps", "5,5"], "distinct"),

@@ -76,6 +76,9 @@ def denoise(
     spec = samplers.get(sampler)
     eta = spec.check_eta(eta)
     check_direction(ts, sampler, eta)
+    if not torch.isfinite(x).all():
+        raise ValueError("the starting x holds NaN or inf values (the noise x_T, or the image to invert)")
+    finite: list[Tensor] = []  # per step: (network output finite, x after the step finite), on x's device
     history: deque[Evaluation] = deque(maxlen=spec.history)  # the latest network outputs
     x_prev = x  # where the last step started, for a corrector
     for i, (t, t_next) in enumerate(pairwise(ts)):
@@ -94,6 +97,27 @@ def denoise(
             x = spec.correct(schedule, history, x_prev, x)
         x_prev = x
         x = ddim_step(*spec.predict(schedule, history, x, t_next), a_next, sigma, z, noise_std)
+        finite.append(torch.stack([torch.isfinite(out).all(), torch.isfinite(x).all()]))
         if on_step is not None:
             on_step(StepInfo(i, t, t_next, x, x0))
+    _check_finite(finite, ts)
     return x
+
+
+def _check_finite(finite: list[Tensor], ts: list[int]) -> None:
+    """Refuse a run whose network output or state became NaN or inf, naming the first step.
+
+    The flags stay on the device during the loop (no synchronization per step); this one check
+    reads them all at once: two reductions per step, against a network evaluation per step.
+    """
+    if not finite:
+        return
+    flags = torch.stack(finite).cpu()  # (steps, 2)
+    if flags.all():
+        return
+    i, what = divmod(int((~flags).flatten().nonzero()[0]), 2)
+    where = "the network's output" if what == 0 else "x after the update"
+    raise ValueError(
+        f"the samples hold NaN or inf values: they first appeared in {where} at step {i + 1} of "
+        f"{len(ts) - 1} (t = {ts[i]}); the model's weights or outputs are not finite there"
+    )

@@ -268,6 +268,11 @@ def _check_shape(
     return got
 
 
+MAX_SAMPLES = (
+    10**8
+)  # samples of one call: 2,000 FID sets of 50,000 (the -n of the issue-24 reports ran out of memory)
+
+
 def check_n(n: int | None, noise: Tensor | None) -> int:
     """The number of samples: n (default 1), or the rows of `noise`, which n must then match."""
     if noise is not None:
@@ -277,6 +282,8 @@ def check_n(n: int | None, noise: Tensor | None) -> int:
     n = 1 if n is None else n
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
+    if n > MAX_SAMPLES:
+        raise ValueError(f"n must be at most {MAX_SAMPLES:,}, got {n:,}")
     return n
 
 

@@ -29,7 +29,7 @@ from ddim.execution import Execution
 from ddim.io import sample_png, save_json, save_samples
 from ddim.models import Model
 from ddim.plan import SamplePlan
-from ddim.sampling import run, target
+from ddim.sampling import MAX_SAMPLES, run, target
 
 RECORD = ".ddim-sample.json"  # in the folder: what its images are samples of
 
@@ -61,6 +61,8 @@ def sample_to_folder(
     """
     if indices.step != 1:
         raise ValueError(f"indices must be a contiguous range, got {indices}")
+    if indices.stop > MAX_SAMPLES:
+        raise ValueError(f"indices must stay below {MAX_SAMPLES:,}, got up to {indices.stop - 1:,}")
     if noise is not None and len(noise) < indices.stop:
         raise ValueError(f"noise holds {len(noise)} latents, too few for indices up to {indices.stop - 1}")
     if plan.labels is not None and len(plan.labels) < indices.stop:

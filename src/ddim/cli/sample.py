@@ -30,8 +30,8 @@ from ddim.io import check_writable, save_samples, save_trajectory_gif, together
 from ddim.loading import load
 from ddim.models import Model
 from ddim.plan import SamplePlan, resolve
+from ddim.sampling import MAX_SAMPLES, target
 from ddim.sampling import run as run_plan
-from ddim.sampling import target
 from ddim.schedule import SPACINGS
 from ddim.streaming import claim_folder, sample_to_folder
 
@@ -63,7 +63,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "-n",
         "--n",
-        type=int_at_least(1),
+        type=int_at_least(1, MAX_SAMPLES),
         default=None,
         help="number of samples (default: 16, all --latents, or one per class of a --class list)",
     )
