@@ -366,3 +366,19 @@ def test_class_dropout_without_a_conditional_run_is_refused(capsys):
                              "--conditional")  # fmt: skip
     assert code == 0, err
     assert '"class_dropout": 0.3' in out
+
+
+def test_library_errors_name_parameters_and_the_cli_says_flags(tmp_path, capsys):
+    """runs.py's refusal names `resume=True` for a Python caller; `ddim train` says --resume."""
+    from ddim.runs import RunFolder
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.toml").write_text("")
+    with pytest.raises(ValueError, match=r"continue it with resume=True or choose another run folder"):
+        RunFolder(tmp_path / "run").check_new()
+    np.savez(tmp_path / "x.npz", x_train=np.zeros((64, 8, 8), np.uint8))
+    code, _, err = run_cli(
+        capsys, "train", "--data", tmp_path / "x.npz", "--out", tmp_path / "run", "--steps", 2
+    )
+    assert code == 2
+    assert "continue it with --resume or choose another --out" in err

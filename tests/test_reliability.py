@@ -144,7 +144,7 @@ def test_a_deflate_bomb_is_read_only_as_far_as_the_limit(tmp_path):
 def test_an_array_larger_than_memory_is_refused_and_limit_is_suggested(tmp_path, monkeypatch):
     path = _deflate_bomb(tmp_path / "bomb.npz", 2_000)
     monkeypatch.setattr("ddim.data._memory_bytes", lambda: 2**20)  # a 1 MiB machine
-    with pytest.raises(DataError, match=r"x_test is 1.5 MiB, more than this machine's memory .*--limit"):
+    with pytest.raises(DataError, match=r"x_test is 1.5 MiB, more than this machine's memory .*limit=N"):
         load_images(path, key="x_test")
     assert load_images(path, key="x_test", limit=100).shape == (100, 1, 28, 28)
 

@@ -87,8 +87,7 @@ def fit_images(x: Tensor, resolution: int, fit: Fit = "pad") -> Tensor:
     if fit == "pad":
         if h > resolution or w > resolution:
             raise DataError(
-                f"images of {h}×{w} do not fit in {resolution}×{resolution} by padding; "
-                "use fit 'resize' (--fit resize)"
+                f"images of {h}×{w} do not fit in {resolution}×{resolution} by padding; use fit='resize'"
             )
         top, left = (resolution - h) // 2, (resolution - w) // 2
         padding = (left, resolution - w - left, top, resolution - h - top)
@@ -171,7 +170,7 @@ def _read_member(archive: zipfile.ZipFile, member: str, limit: int | None, where
         if count * dtype.itemsize > (memory := _memory_bytes()):
             raise DataError(
                 f"{where} is {_bytes(count * dtype.itemsize)}, more than this machine's memory "
-                f"({_bytes(memory)}); read fewer images (--limit)"
+                f"({_bytes(memory)}); read fewer images (limit=N)"
             )
         buffer = bytearray(count * dtype.itemsize)
         view, done = memoryview(buffer), 0

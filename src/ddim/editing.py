@@ -87,7 +87,7 @@ def edit_method(
     if method == "sdedit" and from_class is not None:
         raise ValueError(
             "from_class is for editing through inversion; SDEdit (strength) does not use it "
-            "(method='inversion', --method inversion, takes a strength too)"
+            "(method='inversion' takes a strength too)"
         )
     return method
 

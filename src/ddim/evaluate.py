@@ -182,7 +182,7 @@ def load_results(path: Path, identity: dict) -> dict[str, Cell]:
         if theirs != value:
             raise ValueError(
                 f"{path} holds results for another {field} ({theirs!r}, "
-                f"now {value!r}); choose another output folder or pass --overwrite"
+                f"now {value!r}); choose another output folder or pass overwrite=True"
             )
     return {c.key: c for c in cells}
 

@@ -75,7 +75,7 @@ def conditioning(
     (a conditional one with its null class). guidance defaults to 1 when classes are given."""
     if classes is None:
         if guidance is not None:
-            raise ValueError("guidance needs classes to guide towards (classes= / --class)")
+            raise ValueError("guidance needs classes (classes=) to guide towards")
         return None, 1.0
     labels = class_labels(model, classes, n)
     return labels, 1.0 if guidance is None else check_guidance(guidance)

@@ -43,7 +43,8 @@ class RunFolder:
             raise ValueError(f"{self.path} exists and is not a folder")
         if (self.path / "config.toml").exists() or self.steps():
             raise ValueError(
-                f"{self.path} already holds a training run; continue it with --resume or choose another --out"
+                f"{self.path} already holds a training run; continue it with resume=True or choose "
+                "another run folder"
             )
 
     def check_resume(self, config: TrainConfig) -> None:
@@ -61,7 +62,7 @@ class RunFolder:
         if latest > config.steps or finished:  # at `steps` without the model: resuming writes it
             raise ValueError(
                 f"{self.path} is at step {latest}, and steps={config.steps}: nothing to train "
-                f"(give a larger --steps to extend the run)"
+                f"(give a larger steps= to extend the run)"
             )
 
     def write_config(self, config: TrainConfig) -> None:

@@ -27,7 +27,7 @@ from ddim.cli import (
     serve,
     train,
 )
-from ddim.cli._args import Parser
+from ddim.cli._args import Parser, flag_words
 from ddim.execution import CompileError
 from ddim.training import TrainingError
 
@@ -54,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CheckpointError, CompileError, TrainingError, ValueError, OSError) as e:
-        print(f"ddim {args.command}: error: {e}", file=sys.stderr)
+        print(f"ddim {args.command}: error: {flag_words(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ddim {args.command}: interrupted", file=sys.stderr)

@@ -178,3 +178,25 @@ def execution(args: argparse.Namespace, device: torch.device | None = None) -> E
     --batch-size and the execution options."""
     device = args.device if device is None else device
     return Execution(device=device, batch_size=args.batch_size, **execution_options(args))
+
+
+# The library's errors name its parameters; the command line says the flags (one table for all).
+PARAMETER_FLAGS = {
+    "resume=True": "--resume",
+    "overwrite=True": "--overwrite",
+    "larger steps=": "larger --steps",
+    "another run folder": "another --out",
+    "fit='resize'": "--fit resize",
+    "limit=N": "--limit N",
+    "method='inversion'": "--method inversion",
+    "(classes=)": "(--class)",
+    "resolution=R": "--resolution R",
+    "weights=PATH": "--features-weights PATH",
+}
+
+
+def flag_words(message: str) -> str:
+    """A library error as the command line says it: parameters named by their flags."""
+    for parameter, flag in PARAMETER_FLAGS.items():
+        message = message.replace(parameter, flag)
+    return message

@@ -111,7 +111,7 @@ def infer_config(
         raise CheckpointError(
             f"{where}: not one of the known architectures ({', '.join(KNOWN)}): "
             f"{', '.join(f'{k}={v}' for k, v in shape.items())}, attention at levels {attn_levels}; "
-            "give the image resolution (ddim convert --resolution R)"
+            "give the image resolution (resolution=R)"
         )
     try:
         attn = tuple(resolution // 2**i for i in attn_levels)

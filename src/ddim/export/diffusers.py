@@ -97,7 +97,7 @@ def write_folder(out: str | os.PathLike, files: dict[str, bytes], *, overwrite: 
     `overwrite`: the new folder is complete before it takes the name."""
     out = check_writable(out, folder=True)
     if out.exists() and not overwrite:
-        raise OutputError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+        raise OutputError(f"{out} exists; pass overwrite=True to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     old = out.with_name(f".{out.name}.old")

