@@ -69,7 +69,8 @@ class SamplerSpec:
             return float(eta or 0.0)
         if eta is not None and eta != self.eta:
             kind = "is a deterministic ODE solver (η = 0)" if self.ode else "fixes η = 1"
-            raise ValueError(f"sampler {self.name!r} {kind}; eta={eta} is only for sampler 'ddim'")
+            takers = " or ".join(repr(n) for n in free_eta())
+            raise ValueError(f"sampler {self.name!r} {kind}; eta={eta} is only for sampler {takers}")
         return self.eta
 
 
@@ -84,6 +85,11 @@ def registry() -> dict[str, SamplerSpec]:
 
 def names() -> tuple[str, ...]:
     return tuple(registry())
+
+
+def free_eta() -> tuple[str, ...]:
+    """The samplers that take any η in [0, 1]."""
+    return tuple(s.name for s in registry().values() if s.eta is None)
 
 
 def ode_solvers() -> tuple[str, ...]:

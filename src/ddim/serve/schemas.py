@@ -38,9 +38,9 @@ def _whole(value: Any) -> Any:
 
 # the rules between fields, in the schema too (JSON Schema's if/then, OpenAPI 3.1)
 _GIVEN = {"not": {"type": "null"}}
-_ETA_ONLY_FOR_DDIM = {  # another sampler fixes η (check_eta): a number is for ddim only
+_ETA_ONLY_FOR_FREE_ETA = {  # another sampler fixes η (check_eta): a number is for those that take any
     "if": {"required": ["eta"], "properties": {"eta": _GIVEN}},
-    "then": {"properties": {"sampler": {"const": "ddim"}}},
+    "then": {"properties": {"sampler": {"enum": list(samplers.free_eta())}}},
 }
 _GUIDANCE_NEEDS_CLASSES = {  # guidance weighs a class against the unconditional model
     "if": {"required": ["guidance"], "properties": {"guidance": _GIVEN}},
@@ -61,7 +61,7 @@ def request_models(model: Model, limits: Limits) -> Requests:
     max_steps = limits.steps_cap(model.schedule.num_timesteps)
     strict = ConfigDict(extra="forbid", strict=True)  # no "3" for 3, no true for 1
     image_classes, frame_class, guidance_schema = _class_schemas(model, limits.max_n)
-    sample_rules = [_ETA_ONLY_FOR_DDIM, _GUIDANCE_NEEDS_CLASSES]
+    sample_rules = [_ETA_ONLY_FOR_FREE_ETA, _GUIDANCE_NEEDS_CLASSES]
     if model.num_classes is not None:
         sample_rules += _list_lengths(limits.max_n)
 
