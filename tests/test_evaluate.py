@@ -133,10 +133,10 @@ def test_results_of_another_model_are_not_mixed(capsys, setup, make_tiny_model):
         (["--eta", "1.5"], "must be in [0, 1] or 'hat'"),
         (["--eta", "tilde"], "'tilde'"),
         (["--steps", "0"], "steps must be positive"),
-        (["--features", "vgg"], "unknown feature extractor 'vgg'"),
+        (["--features", "vgg", "--steps", "2"], "unknown feature extractor 'vgg'"),
         (
             ["--sampler", "plms", "--eta", "0,0.5"],
-            "sampler 'plms' is a deterministic ODE solver: eta must be 0",
+            "sampler 'plms' is a deterministic ODE solver (η = 0); eta=0.5 is only for sampler 'ddim'",
         ),
         (["--sampler", "ddpm"], "invalid choice: 'ddpm'"),
     ],
@@ -153,7 +153,20 @@ def test_dry_run_counts_network_evaluations(capsys, setup):
     _tmp_path, common = setup
     code, out, _ = run_cli(capsys, "evaluate", *common, "--steps", "10,100", "--eta", "0,hat", "--dry-run")
     assert code == 0
-    assert json.loads(out)["network_evaluations"] == 24 * (10 + 100) * 2
+    printed = json.loads(out)
+    assert printed["network_evaluations"] == 24 * (10 + 100) * 2
+    hat = printed["cells"]["S=10,eta=hat"]  # the resolved plan of the cell, as a real run samples it
+    assert (hat["sampler"], hat["steps"], hat["seed"]) == ("ddpm-large", 10, 5)
+    assert hat["timesteps"] == ddim.timesteps(100, 10).tolist()  # the tiny model has T = 100
+
+
+def test_dry_run_refuses_what_a_real_run_refuses(capsys, setup):
+    _tmp_path, common = setup
+    for extra in ([], ["--dry-run"]):
+        code, _, err = run_cli(capsys, "evaluate", *common, "--steps", "200", "--eta", "0", *extra)
+        assert code == 2
+        assert err.count("\n") == 1
+        assert "steps must be an integer in [1, 100] (the training timesteps), got 200" in err
 
 
 def test_table_layout_and_eta_parsing():

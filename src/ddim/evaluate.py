@@ -25,13 +25,14 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from ddim import distributed
-from ddim.execution import PRECISIONS, Precision
+from ddim import distributed, samplers
+from ddim.execution import PRECISIONS, Execution, Precision
 from ddim.io import atomic_write, make_grid, save_json, save_png, to_uint8
 from ddim.metrics import Extractor, FeatureStats, feature_stats, frechet_distance, kid
 from ddim.models import Model
+from ddim.plan import SamplePlan, resolve
 from ddim.samplers import ode_solvers
-from ddim.sampling import sample
+from ddim.sampling import run, target
 from ddim.schedule import SPACINGS, Spacing
 
 Eta = float | Literal["hat"]
@@ -73,11 +74,14 @@ class SweepConfig:
             )
         if self.sampler not in SWEEP_SAMPLERS:
             raise ValueError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SWEEP_SAMPLERS)}")
-        if self.sampler != "ddim" and self.etas != (0.0,):
-            etas = ", ".join(eta_label(e) for e in self.etas)
-            raise ValueError(
-                f"sampler {self.sampler!r} is a deterministic ODE solver: eta must be 0, got {etas}"
-            )
+        spec = samplers.get(self.sampler)
+        for eta in self.etas:
+            if eta == "hat" and spec.ode:
+                raise ValueError(
+                    f"eta='hat' (σ̂) is a column of the ddim sweep, not of sampler {self.sampler!r}"
+                )
+            if eta != "hat":
+                spec.check_eta(float(eta))
         if self.spacing not in SPACINGS:
             raise ValueError(f"unknown spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}")
         if self.precision not in PRECISIONS:
@@ -85,6 +89,24 @@ class SweepConfig:
 
     def cells(self) -> list[tuple[int, Eta]]:
         return [(s, eta) for s in self.steps for eta in self.etas]
+
+    def plan(self, model: Model, steps: int, eta: Eta) -> SamplePlan:
+        """The sampling plan of cell (S, η): every cell shares the seed, so its x_T."""
+        return resolve(
+            model, steps=steps, spacing=self.spacing, seed=self.seed, **sampler_options(eta, self.sampler)
+        )
+
+    def execution(self, device: str | torch.device | None = None) -> Execution:
+        return Execution(device, self.precision, self.channels_last, self.compile, self.batch_size)
+
+    def identity(self, model: Model, reference: str, extractor: Extractor) -> dict:
+        """What decides every cell's numbers besides its (S, η, seed, n): `results.json` of another
+        identity is refused. The sampling fields are those the cells' plans share."""
+        return {
+            "model": model.fingerprint(), "reference": reference, "extractor": extractor.fingerprint,
+            "spacing": self.spacing, "kid_subset_size": self.kid_subset_size,
+            "precision": self.execution().precision, "sampler": self.sampler,
+        }  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -128,7 +150,7 @@ def parse_eta(text: str) -> Eta:
 
 
 def sampler_options(eta: Eta, sampler: str = "ddim") -> dict:
-    """`ddim.sample` keywords for a column of Table 1 (σ̂ is the "ddpm-large" sampler), for DDIM
+    """`ddim.plan.resolve` keywords for a column of Table 1 (σ̂ is the "ddpm-large" sampler), for DDIM
     or the ODE solver `sampler` (η = 0)."""
     return {"sampler": "ddpm-large"} if eta == "hat" else {"sampler": sampler, "eta": float(eta)}
 
@@ -148,11 +170,9 @@ def evaluate_cell(
     """Sample n images at (S, η) with seed `config.seed`, and their FID and KID against `ref`."""
     start = time.perf_counter()
     shard = distributed.shard(config.n)  # under torchrun, this rank's samples; else all of them
-    x = sample(
-        model, len(shard), steps=steps, spacing=config.spacing, seed=config.seed, start_index=shard.start,
-        batch_size=config.batch_size, device=device, progress=progress, precision=config.precision,
-        channels_last=config.channels_last, compile=config.compile, **sampler_options(eta, config.sampler),
-    )  # fmt: skip  # (n / ranks, C, H, W) in [-1, 1]
+    execution = config.execution(device)
+    plan = config.plan(model, steps, eta)
+    x = run(target(model, execution), plan, execution, len(shard), start_index=shard.start, progress=progress)
     sampled = time.perf_counter()
     stats = feature_stats(extractor, x, batch_size=config.batch_size, sharded=True)
     fid = frechet_distance(stats.mu, stats.cov, ref.mu, ref.cov)

@@ -148,22 +148,23 @@ def run(args: argparse.Namespace) -> int:
         sampler=args.sampler, batch_size=args.batch_size, kid_subset_size=args.kid_subset,
         **execution_options(args),
     )  # fmt: skip
-    if args.dry_run:
-        nfe = sum(config.n * s for s, _ in config.cells())
-        print(json.dumps({"cells": [sweep.cell_key(*c) for c in config.cells()], "network_evaluations": nfe}))
-        return 0
-    device = distributed.init(args.device)  # under torchrun: join the group, one GPU per rank
-    main = distributed.is_main()
+    # under torchrun: join the group, one GPU per rank
+    device = args.device if args.dry_run else distributed.init(args.device)
     model = load(args.model, device=device)
+    plans = {sweep.cell_key(s, eta): config.plan(model, s, eta) for s, eta in config.cells()}  # refuses early
+    if args.dry_run:
+        nfe = sum(config.n * p.steps * p.spec.nfe_per_step for p in plans.values())
+        print(json.dumps({
+            "cells": {key: p.view() for key, p in plans.items()}, "n": config.n,
+            "execution": config.execution(device).view(), "network_evaluations": nfe,
+        }))  # fmt: skip
+        return 0
+    main = distributed.is_main()
     extractor = load_extractor(
         args.features, weights=args.features_weights, device=device, **execution_options(args, "features-")
     )
     ref, ref_key = _reference_stats(args, model.image_shape, extractor)
-    identity = {
-        "model": model.fingerprint(), "reference": ref_key, "extractor": extractor.fingerprint,
-        "spacing": config.spacing, "kid_subset_size": config.kid_subset_size, "precision": config.precision,
-        "sampler": config.sampler,
-    }  # fmt: skip
+    identity = config.identity(model, ref_key, extractor)
     if args.overwrite and main:
         (args.out / "results.json").unlink(missing_ok=True)
     distributed.barrier()
