@@ -108,6 +108,10 @@ def test_model_info_lists_the_samplers_spacings_and_classes(client, conditional_
         "unipc",
         "plms",
     ]
+    assert info["fixed_eta"] == {
+        "ddim": None, "ddpm": "1", "ddpm-large": "σ̂", "dpm-solver++": "0", "dpm-solver++3m": "0",
+        "unipc": "0", "plms": "0",
+    }  # fmt: skip
     assert info["spacings"] == ["uniform", "quadratic", "trailing", "linspace", "logsnr"]
     assert (info["num_classes"], info["class_names"]) == (None, [])
     info = conditional_client.get("/api/model").json()

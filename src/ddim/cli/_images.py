@@ -12,6 +12,7 @@ from torch import Tensor
 from ddim.cli._args import DEFAULT_MODEL, add_execution_options, device_arg, execution, int_at_least
 from ddim.data import FITS, DataError, load_images, read_npz, to_model_range
 from ddim.models import Model
+from ddim.plan import sub_sequence
 from ddim.schedule import SPACINGS
 
 
@@ -54,6 +55,11 @@ def add_image_options(
         default="pad",
         help="fit images to the model's size: pad smaller ones, or resize + centre-crop (default: pad)",
     )
+
+
+def sub_sequence_of(args: argparse.Namespace, model: Model) -> Tensor:
+    """The descending sub-sequence τ of --steps and --spacing, resolved as `ddim.plan.resolve` does."""
+    return sub_sequence(model.schedule, args.steps, args.spacing)
 
 
 def model_options(args: argparse.Namespace) -> dict:

@@ -10,14 +10,13 @@ import torch
 from torch import Tensor
 
 from ddim.cli._args import int_at_least, int_list, output_file
-from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
+from ddim.cli._images import add_image_options, add_model_options, model_options, read_images, sub_sequence_of
 from ddim.interpolation import interpolate
 from ddim.inversion import invert
 from ddim.io import make_grid, save_gif, save_png, to_uint8, together
 from ddim.loading import load
 from ddim.models import Model
 from ddim.sampling import seeded_latents
-from ddim.schedule import timesteps
 
 EXAMPLES = """examples:
   ddim interpolate --model mnist --seeds 0,1 --out strip.png --gif strip.gif
@@ -55,7 +54,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     model = load(args.model)
-    seq = timesteps(model.schedule.num_timesteps, args.steps, args.spacing, model.schedule)
+    seq = sub_sequence_of(args, model)
     start = time.perf_counter()
     z0, z1 = _endpoints(args, model, seq)
     frames = interpolate(model, z0, z1, args.num, timesteps=seq, **model_options(args))

@@ -8,11 +8,10 @@ import time
 import numpy as np
 
 from ddim.cli._args import int_at_least, output_file
-from ddim.cli._images import add_image_options, add_model_options, model_options, read_images
+from ddim.cli._images import add_image_options, add_model_options, model_options, read_images, sub_sequence_of
 from ddim.inversion import invert
 from ddim.io import save_npz
 from ddim.loading import load
-from ddim.schedule import timesteps
 
 EXAMPLES = """examples:
   ddim invert --model mnist --images mnist.npz --limit 16 --steps 50 --out latents.npz
@@ -44,7 +43,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     model = load(args.model)
     x0 = read_images(args, model)
-    seq = timesteps(model.schedule.num_timesteps, args.steps, args.spacing, model.schedule)
+    seq = sub_sequence_of(args, model)
     start = time.perf_counter()
     x_T = invert(model, x0, timesteps=seq, **model_options(args))
     seconds = time.perf_counter() - start

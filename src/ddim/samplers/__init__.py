@@ -51,12 +51,18 @@ class SamplerSpec:
     summary: str  # one line, for --help and docs
     rank: int  # position in every list of samplers
     eta: float | None = None  # None: any η in [0, 1] (default 0); else the η it fixes
+    eta_label: str | None = None  # how a fixed η is shown, where its number says too little (σ̂)
     clip: bool = False  # whether x̂_0 is clamped to [-1, 1] by default
     history: int = 1  # network evaluations the predictor and corrector read, latest included
     nfe_per_step: int = 1
     predict: Predictor = latest
     correct: Corrector | None = None
     sigmas: Sigmas = eta_sigmas
+
+    @property
+    def fixed_eta(self) -> str | None:
+        """The η this sampler fixes, as shown to users ("0", "1", "σ̂"); None: it takes any η."""
+        return None if self.eta is None else self.eta_label or f"{self.eta:g}"
 
     @property
     def ode(self) -> bool:

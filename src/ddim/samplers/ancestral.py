@@ -22,6 +22,6 @@ ENTRIES = (
     SamplerSpec("ddpm", "DDPM's ancestral sampler (η = 1)", rank=10, eta=1.0),
     SamplerSpec(
         "ddpm-large", "the paper's σ̂: η = 1 mean, noise of variance β̂, x̂0 clipped", rank=20, eta=1.0,
-        clip=True, sigmas=_sigma_hat,
+        eta_label="σ̂", clip=True, sigmas=_sigma_hat,
     ),
 )  # fmt: skip

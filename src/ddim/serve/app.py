@@ -168,6 +168,7 @@ def _model_info(model: Model, limits: Limits, name: str) -> dict[str, Any]:
         "name": Path(name).name, "image_shape": list(model.image_shape), "prediction": model.prediction,
         "num_timesteps": T, "num_classes": model.num_classes, "class_names": list(model.class_names),
         "samplers": list(samplers.names()), "spacings": list(SPACINGS),
+        "fixed_eta": {s.name: s.fixed_eta for s in samplers.registry().values()},
         "limits": {**limits.to_dict(), "max_steps": limits.steps_cap(T), "max_guidance": MAX_GUIDANCE,
                    "max_seed": MAX_SEED},
     }  # fmt: skip

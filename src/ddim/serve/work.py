@@ -14,8 +14,11 @@ from torch import Tensor
 
 import ddim
 from ddim.denoising import StepInfo
+from ddim.execution import Execution
 from ddim.models import Model
-from ddim.schedule import Spacing, timesteps
+from ddim.plan import resolve, sub_sequence
+from ddim.sampling import run, target
+from ddim.schedule import Spacing
 from ddim.serve.images import data_url, png_bytes
 from ddim.serve.jobs import check_cancelled
 
@@ -33,8 +36,7 @@ class Result:
     mse: float | None = None  # inversion only: per-dimension reconstruction error on [-1, 1]
 
 
-def _sequence(model: Model, steps: int, spacing: Spacing) -> Tensor:
-    return timesteps(model.schedule.num_timesteps, steps, spacing, model.schedule)
+EXECUTION = Execution()  # the server runs the network as loaded: fp32, on the model's device
 
 
 def _cancel_hook(cancel: threading.Event) -> Callable[[StepInfo], None]:
@@ -58,24 +60,24 @@ def run_sample(
 ) -> Result:
     """`ddim.sample`, emitting a "step" event with x̂_0 and x_t grids every few steps.
     classes: one label per image or None (unconditional); guidance: w (default 1 with classes)."""
-    seq = _sequence(model, steps, spacing)
-    every = max(1, math.ceil(len(seq) / PREVIEWS))
+    plan = resolve(
+        model, n, steps=steps, spacing=spacing, sampler=sampler, eta=eta, seed=seed, classes=classes,
+        guidance=guidance,
+    )  # fmt: skip
+    every = max(1, math.ceil(plan.steps / PREVIEWS))
     start = time.perf_counter()
 
     def on_step(info: StepInfo) -> None:
         check_cancelled(cancel)
         done = info.index + 1
-        if emit is not None and done % every == 0 and done < len(seq):
+        if emit is not None and done % every == 0 and done < plan.steps:
             emit("step", {
-                "step": done, "steps": len(seq), "t": info.t, "seconds": time.perf_counter() - start,
+                "step": done, "steps": plan.steps, "t": info.t, "seconds": time.perf_counter() - start,
                 "x0": data_url(png_bytes(info.x0, nrow)), "xt": data_url(png_bytes(info.x, nrow)),
             })  # fmt: skip
 
-    x = ddim.sample(
-        model, n, timesteps=seq, eta=eta, sampler=sampler, seed=seed, on_step=on_step,
-        classes=classes, guidance=guidance,
-    )  # fmt: skip
-    return Result([png_bytes(x, nrow)], len(seq), time.perf_counter() - start)
+    x = run(target(model, EXECUTION), plan, EXECUTION, n, on_step=on_step)
+    return Result([png_bytes(x, nrow)], plan.steps, time.perf_counter() - start)
 
 
 def run_interpolation(
@@ -95,7 +97,7 @@ def run_interpolation(
 
     The ends are the first image that `sample(seed=seed_a)` and `sample(seed=seed_b)` give at η = 0.
     """
-    seq = _sequence(model, steps, spacing)
+    seq = sub_sequence(model.schedule, steps, spacing)
     start = time.perf_counter()
     z0, z1 = (ddim.seeded_latents(model.image_shape, seed, [0])[0] for seed in (seed_a, seed_b))
     path = ddim.slerp(z0, z1, torch.linspace(0, 1, frames, dtype=torch.float64))  # (frames, C, H, W)
@@ -111,7 +113,7 @@ def run_inversion(
 ) -> Result:
     """Invert x0 (1, C, H, W) to x_T and decode it again with η = 0; the PNGs are x0 and the
     reconstruction, and `mse` their per-dimension squared error (the paper's Table 2 measure)."""
-    seq = _sequence(model, steps, spacing)
+    seq = sub_sequence(model.schedule, steps, spacing)
     start = time.perf_counter()
     x_T = ddim.invert(model, x0, timesteps=seq)
     check_cancelled(cancel)

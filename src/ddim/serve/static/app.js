@@ -129,7 +129,7 @@ async function sample(event) {
   event.preventDefault();
   const section = $("#sample"), form = $("#sample-form"), image = $("#sample-image");
   const body = formValues(form);
-  if (body.sampler !== "ddim") delete body.eta;
+  if (fixedEta[body.sampler] != null) delete body.eta;
   saveSettings();
   const preview = () => form.elements.preview.value;
   running = new AbortController();
@@ -192,16 +192,18 @@ function stop() {
   if (running) running.abort(); // closing the stream cancels the job on the server
 }
 
+let fixedEta = {}; // sampler → the η it fixes as shown ("0", "σ̂"), or null where any η goes (/api/model)
+
 function syncEta() {
-  // η is the ddim sampler's own: for the others the field is disabled and shows what they use.
+  // η is for the samplers that take any: for the others the field is disabled and shows theirs.
   const eta = $("#sample-form").elements.eta, sampler = $("#sample-form").elements.sampler.value;
-  const off = sampler !== "ddim";
+  const off = fixedEta[sampler] != null;
   if (off && !eta.disabled) eta.dataset.kept = eta.value;
   if (!off && eta.disabled) eta.value = eta.dataset.kept ?? "0";
   eta.disabled = off;
   if (off) {
     eta.value = "";
-    eta.placeholder = sampler === "ddpm" ? "1 (DDPM)" : sampler === "ddpm-large" ? "σ̂" : "0";
+    eta.placeholder = fixedEta[sampler];
   }
 }
 
@@ -309,6 +311,7 @@ async function setUp() {
   const limits = info.limits;
   $("#model-name").textContent = `${info.name} · ${info.image_shape.join("×")} · T = ${info.num_timesteps}`;
   for (const select of document.querySelectorAll("select[name=spacing]")) fillSelect(select, info.spacings, "uniform");
+  fixedEta = info.fixed_eta;
   fillSelect($("#sample-form").elements.sampler, info.samplers, "ddim");
   for (const input of document.querySelectorAll("input[name=steps]")) input.max = limits.max_steps;
   const n = $("#sample-form").elements.n;
