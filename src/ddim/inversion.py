@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypedDict
 
 import torch
 from torch import Tensor
@@ -28,6 +29,9 @@ from ddim.models import Model
 from ddim.plan import resolve, sub_sequence, upward_sequence
 from ddim.sampling import check_n, run, target
 from ddim.schedule import NoiseSchedule, Spacing
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack from Python 3.11
 
 # Paper Table 2: reconstruction MSE per dimension, CIFAR-10 test set, η = 0, S steps each way.
 PAPER_TABLE2: dict[int, float] = {10: 0.014, 20: 0.0065, 50: 0.0023, 100: 0.0009}
@@ -94,25 +98,33 @@ def invert(
     return run(goal, plan, execution, x0.shape[0], noise=x0, progress=progress)
 
 
+class InversionOptions(TypedDict, total=False):
+    """The keywords of `invert`, which `reconstruct` takes too."""
+
+    steps: int | None
+    spacing: Spacing
+    timesteps: Sequence[int] | Tensor | None
+    schedule: NoiseSchedule | None  # a plain callable's
+    classes: Classes | None
+    guidance: float | None
+    progress: bool
+    execution: Execution | None
+
+
 def reconstruct(
-    model: Model | Callable[[Tensor, Tensor], Tensor],
-    x0: Tensor,
-    *,
-    steps: int | None = None,
-    spacing: Spacing = "uniform",
-    timesteps: Sequence[int] | Tensor | None = None,
-    schedule: NoiseSchedule | None = None,
-    progress: bool = False,
-    execution: Execution | None = None,
+    model: Model | Callable[[Tensor, Tensor], Tensor], x0: Tensor, **options: Unpack[InversionOptions]
 ) -> Tensor:
-    """decode(encode(x0)): invert, then sample with η = 0 over the same sub-sequence."""
-    execution = execution or Execution()
-    seq = dict(steps=steps, spacing=spacing, timesteps=timesteps, schedule=schedule, progress=progress)
-    x_T = invert(model, x0, execution=execution, **seq)
-    goal = target(model, execution, noise=x_T, schedule=schedule)
-    plan = resolve(model, x_T.shape[0], schedule=goal.schedule, steps=steps, spacing=spacing,
-                   timesteps=timesteps, eta=0.0, seed=0)  # fmt: skip
-    return run(goal, plan, execution, x_T.shape[0], noise=x_T, progress=progress)
+    """decode(encode(x0)): `invert` with these keywords, then DDIM η = 0 down the same
+    sub-sequence, with the same classes and guidance."""
+    x_T = invert(model, x0, **options)  # which validates every keyword
+    execution = options.get("execution") or Execution()
+    goal = target(model, execution, noise=x_T, schedule=options.get("schedule"))
+    plan = resolve(
+        model, x_T.shape[0], schedule=goal.schedule, steps=options.get("steps"),
+        spacing=options.get("spacing", "uniform"), timesteps=options.get("timesteps"), eta=0.0, seed=0,
+        classes=options.get("classes"), guidance=options.get("guidance"),
+    )  # fmt: skip
+    return run(goal, plan, execution, x_T.shape[0], noise=x_T, progress=options.get("progress", False))
 
 
 @dataclass(frozen=True)
