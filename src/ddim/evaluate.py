@@ -155,6 +155,43 @@ def sampler_options(eta: Eta, sampler: str = "ddim") -> dict:
     return {"sampler": "ddpm-large"} if eta == "hat" else {"sampler": sampler, "eta": float(eta)}
 
 
+@dataclass(frozen=True)
+class Quality:
+    """What one plan's samples measure against the reference, and what they cost."""
+
+    fid: float
+    kid: float
+    kid_std: float
+    sample_seconds: float
+    feature_seconds: float
+
+
+def plan_quality(
+    model: Model,
+    extractor: Extractor,
+    ref: FeatureStats,
+    plan: SamplePlan,
+    execution: Execution,
+    n: int,
+    *,
+    kid_subset_size: int = 1000,
+    grid: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> Quality:
+    """FID and KID against `ref` of samples 0 … n − 1 of `plan` (under torchrun, each rank
+    samples its shard); `grid`: also save the first 64 as a PNG grid."""
+    start = time.perf_counter()
+    shard = distributed.shard(n)  # under torchrun, this rank's samples; else all of them
+    x = run(target(model, execution), plan, execution, len(shard), start_index=shard.start, progress=progress)
+    sampled = time.perf_counter()
+    stats = feature_stats(extractor, x, batch_size=execution.batch_size or 250, sharded=True)
+    fid = frechet_distance(stats.mu, stats.cov, ref.mu, ref.cov)
+    kid_mean, kid_std = kid(stats.features, ref.features, subset_size=kid_subset_size)
+    if grid is not None and distributed.is_main():
+        save_png(make_grid(to_uint8(x[:64])), grid)
+    return Quality(fid, kid_mean, kid_std, round(sampled - start, 3), round(time.perf_counter() - sampled, 3))
+
+
 def evaluate_cell(
     model: Model,
     extractor: Extractor,
@@ -168,21 +205,13 @@ def evaluate_cell(
     progress: bool = False,
 ) -> Cell:
     """Sample n images at (S, η) with seed `config.seed`, and their FID and KID against `ref`."""
-    start = time.perf_counter()
-    shard = distributed.shard(config.n)  # under torchrun, this rank's samples; else all of them
-    execution = config.execution(device)
-    plan = config.plan(model, steps, eta)
-    x = run(target(model, execution), plan, execution, len(shard), start_index=shard.start, progress=progress)
-    sampled = time.perf_counter()
-    stats = feature_stats(extractor, x, batch_size=config.batch_size, sharded=True)
-    fid = frechet_distance(stats.mu, stats.cov, ref.mu, ref.cov)
-    kid_mean, kid_std = kid(stats.features, ref.features, subset_size=config.kid_subset_size)
-    if grid is not None and distributed.is_main():
-        save_png(make_grid(to_uint8(x[:64])), grid)
-    return Cell(
-        steps, eta, config.seed, config.n, fid, kid_mean, kid_std,
-        round(sampled - start, 3), round(time.perf_counter() - sampled, 3),
+    q = plan_quality(
+        model, extractor, ref, config.plan(model, steps, eta), config.execution(device), config.n,
+        kid_subset_size=config.kid_subset_size, grid=grid, progress=progress,
     )  # fmt: skip
+    return Cell(
+        steps, eta, config.seed, config.n, q.fid, q.kid, q.kid_std, q.sample_seconds, q.feature_seconds
+    )
 
 
 def load_results(path: Path, identity: dict) -> dict[str, Cell]:

@@ -25,6 +25,7 @@ from ddim.cli import (
     reconstruct,
     sample,
     serve,
+    timesteps,
     train,
 )
 from ddim.cli._args import Parser, flag_words
@@ -33,7 +34,7 @@ from ddim.training import TrainingError
 
 SUBCOMMANDS = (
     sample, invert, reconstruct, interpolate, edit, consistency, train, evaluate, info, convert, serve,
-    models, download, export,
+    models, download, export, timesteps,
 )  # fmt: skip
 
 

@@ -11,6 +11,7 @@ import torch
 from ddim.execution import PRECISIONS, Execution
 from ddim.guidance import MAX_GUIDANCE
 from ddim.io import OutputError, check_writable
+from ddim.timestep_search import read_timesteps
 
 DEFAULT_MODEL = "mnist"  # the shipped model (docs/models/mnist.md)
 
@@ -96,6 +97,16 @@ def int_list(text: str) -> list[int]:
         return [int(s) for s in text.replace(" ", "").split(",") if s]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def timestep_list(text: str) -> list[int]:
+    """--timesteps: comma-separated integers, or @FILE (what `ddim timesteps --optimize --out` writes)."""
+    if not text.startswith("@"):
+        return int_list(text)
+    try:
+        return read_timesteps(text[1:])
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def device_arg(text: str) -> torch.device:

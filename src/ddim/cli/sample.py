@@ -20,9 +20,9 @@ from ddim.cli._args import (
     execution,
     guidance_arg,
     int_at_least,
-    int_list,
     output_file,
     output_folder,
+    timestep_list,
 )
 from ddim.cli._images import read_latents
 from ddim.execution import Execution
@@ -88,7 +88,10 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--spacing", choices=SPACINGS, default="uniform", help="timestep sub-sequence (default: uniform)"
     )
-    p.add_argument("--timesteps", type=int_list, default=None, help="explicit timesteps, e.g. 999,600,300,0")
+    p.add_argument(
+        "--timesteps", type=timestep_list, default=None,
+        help="explicit timesteps, e.g. 999,600,300,0, or @FILE from ddim timesteps --optimize",
+    )  # fmt: skip
     p.add_argument(
         "--seed", type=int_at_least(0), default=0, help="sample i uses seed (SEED, i) (default: 0)"
     )
