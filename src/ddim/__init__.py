@@ -16,6 +16,7 @@ from ddim.loading import builtin_names, load
 from ddim.models import Model
 from ddim.sampling import Trajectory, sample, seeded_latents
 from ddim.schedule import NoiseSchedule, custom_timesteps, timesteps
+from ddim.timestep_search import optimize_timesteps, read_timesteps
 
 __version__ = "0.1.0"
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "invert",
     "load",
     "metrics",
+    "optimize_timesteps",
+    "read_timesteps",
     "reconstruct",
     "reconstruction_errors",
     "sample",
