@@ -200,6 +200,8 @@ def test_a_tiny_run_writes_students_that_sample_on_their_own_timesteps(
     assert student.default_timesteps == (99,)
     plan = resolve(student, 2)
     assert plan.timesteps == [99]
+    code, stdout, err = run_cli(capsys, "info", out / "students" / "2-step.safetensors", "--json")
+    assert (code, json.loads(stdout)["distilled_timesteps"]) == (0, [99, 49])
     code, stdout, err = run_cli(capsys, "sample", "--model", out / "model.safetensors", "--dry-run")
     assert (code, err) == (0, "")
     assert json.loads(stdout)["timesteps"] == [99]
