@@ -28,7 +28,7 @@ from ddim.models.parameterization import eps_from_x0, from_x0_eps
 from ddim.plan import DistilledWarning, resolve
 from ddim.toy import MixtureDenoiser
 from ddim.training import TrainingError
-from helpers import run_cli
+from helpers import MNIST, needs_mnist, run_cli
 
 PREDICTIONS = ("eps", "x0", "v")
 
@@ -258,6 +258,43 @@ def test_resume_gives_the_same_students_bit_for_bit(tmp_path, teacher_file, data
             for r in (tmp_path / "whole", split)]  # fmt: skip
     assert logs[0] == logs[1]
     assert len(logs[0]) == 4
+
+
+def test_the_command_stops_on_ctrl_c_and_says_how_to_go_on(
+    tmp_path, teacher_file, dataset, monkeypatch, capsys
+):
+    out = tmp_path / "run"
+    args = ["--model", teacher_file, "--data", dataset, "--out", out, "--teacher-steps", 4,
+            "--steps-per-stage", 2, "--batch-size", 8, "--set", "sample_n=4", "--quiet"]  # fmt: skip
+    with monkeypatch.context() as m:
+        _interrupt_after(m, [1])
+        code, stdout, err = run_cli(capsys, "distill", *args)
+    assert (code, err) == (130, "")
+    assert stdout == (
+        f"interrupted at step 1; saved {out / 'checkpoints' / 'step-00000001.safetensors'}\n"
+        f"continue with: ddim distill --out {out} --resume\n"
+    )
+    code, stdout, err = run_cli(capsys, "distill", "--out", out, "--resume", "--quiet")
+    assert (code, err) == (0, "")
+    assert stdout.startswith(f"student: {out / 'students' / '2-step.safetensors'}\n")
+
+
+@needs_mnist
+@pytest.mark.slow
+def test_the_shipped_mnist_model_distils_on_real_digits(tmp_path, capsys):
+    """The ε-prediction `mnist` as teacher on MNIST: an 8-step teacher, a v-prediction 4-step student."""
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        capsys, "distill", "--model", "mnist", "--data", MNIST, "--out", out, "--teacher-steps", 8,
+        "--final-steps", 4, "--steps-per-stage", 2, "--batch-size", 8, "--set", "sample_n=4", "--quiet",
+    )  # fmt: skip
+    assert code == 0, err
+    student = ddim.load(out / "model.safetensors")
+    assert (student.prediction, student.default_timesteps) == ("v", (999, 749, 499, 249))
+    assert all(
+        np.isfinite(r["loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+    )
+    assert ddim.sample(student, 2, seed=0).isfinite().all()
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, teacher_file, dataset, monkeypatch):

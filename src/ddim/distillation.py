@@ -227,9 +227,10 @@ def _distill(
     teacher.net.to(device).eval().requires_grad_(False)
     latest = (run.steps() or [0])[-1] if resume else 0
     students = _student_files(run, config, latest)
-    if not resume:  # what the first stage's teacher samples, to compare the students with
+    name = f"teacher-{config.teacher_steps}-step"
+    if not (run.path / "samples" / f"{name}.png").is_file():  # the first teacher, to compare with
         grid = stage_grid(teacher.schedule.num_timesteps, config.student_steps(0)).teacher
-        run.save_sample_grid(f"teacher-{config.teacher_steps}-step", teacher, config.sample_n, timesteps=grid)
+        run.save_sample_grid(name, teacher, config.sample_n, timesteps=grid)
     stage, wall = None, 0.0
     if latest < config.steps and config.stage_of(latest)[1] > 0:  # resumed inside a stage
         index = config.stage_of(latest)[0]
