@@ -181,8 +181,7 @@ class _Stage:
     ema: nn.Module
     opt: torch.optim.Optimizer
     model: Model  # the EMA student, with the timesteps it is distilled for in its info
-    start: int  # the run's step at which the stage starts
-    length: int
+    length: int  # optimizer steps
 
 
 def distill(
@@ -236,9 +235,9 @@ def _distill(
         index = config.stage_of(latest)[0]
         stage = _start_stage(config, index, _teacher_of(run, config, index, teacher), device)
         _, wall = run.load_latest(stage.net, stage.ema, stage.opt)
-    elif latest:  # resumed at the end of a stage: the next starts from its student
-        wall = float(load(run.latest_checkpoint()).info.get("wall_time_s", 0.0))
-        run.truncate_log(latest)
+    elif resume:  # at the end of a stage (the next starts from its student), or before any checkpoint
+        wall = float(load(run.latest_checkpoint()).info.get("wall_time_s", 0.0)) if latest else 0.0
+        run.truncate_log(latest)  # lines logged after the checkpoint, by a run killed without saving
     return _loop(config, run, data, teacher, stage, latest, wall, students, device, progress, stop)
 
 
@@ -314,8 +313,7 @@ def _start_stage(config: DistillConfig, index: int, teacher: Model, device: torc
     info = {"distilled": {"timesteps": grid.student, "sampler": "ddim", "eta": 0.0, "stage": index + 1,
                           "teacher": config.teacher, "teacher_timesteps": grid.teacher}}  # fmt: skip
     model = Model(ema, teacher.schedule, teacher.image_shape, config.student_prediction, info)
-    lengths = config.stage_lengths()
-    return _Stage(index, grid, teacher, net, ema, opt, model, sum(lengths[:index]), lengths[index])
+    return _Stage(index, grid, teacher, net, ema, opt, model, config.stage_lengths()[index])
 
 
 def _check_teacher(teacher: Model, config: DistillConfig) -> Model:
