@@ -297,6 +297,26 @@ def test_the_shipped_mnist_model_distils_on_real_digits(tmp_path, capsys):
     assert ddim.sample(student, 2, seed=0).isfinite().all()
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_again_cleanly(
+    tmp_path, teacher_file, dataset, monkeypatch
+):
+    """Killed (no Ctrl-C: nothing saved) after logging steps 1 and 2: --resume starts from step 0,
+    and the log holds each step once, as an uninterrupted run's."""
+    from ddim.runs import RunFolder
+
+    config = tiny_config(teacher_file, dataset, steps_per_stage=2)
+    with monkeypatch.context() as m:
+        m.setattr(RunFolder, "save_checkpoint", lambda *a, **k: (_ for _ in ()).throw(SystemExit("killed")))
+        with pytest.raises(SystemExit):
+            distill(config, tmp_path / "run", progress=False)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert distill(config, tmp_path / "run", resume=True, progress=False).step == 4
+    distill(config, tmp_path / "whole", progress=False)
+    logs = [[json.loads(line) for line in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+            for r in ("run", "whole")]  # fmt: skip
+    assert [(r["step"], r["loss"]) for r in logs[0]] == [(r["step"], r["loss"]) for r in logs[1]]
+
+
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, teacher_file, dataset, monkeypatch):
     real, calls = distillation.distillation_loss, []
 
