@@ -4,11 +4,14 @@ import ddim
 model = ddim.load("toy")
 x = ddim.sample(model, n=16, steps=50, eta=0.0, seed=0)   # (16, C, H, W) in [-1, 1]
 x = ddim.sample(conditional_model, n=4, classes=[0, 1, 2, 3], guidance=2.0)   # classifier-free guidance
+ddim.distill(ddim.DistillConfig(teacher="mnist", data="mnist.npz", teacher_steps=64, final_steps=4), "runs/d")
 """
 
 from ddim import metrics
 from ddim.checkpoint import CheckpointError, save
 from ddim.consistency import consistency
+from ddim.distill_config import DistillConfig
+from ddim.distillation import distill
 from ddim.editing import edit
 from ddim.interpolation import interpolate, slerp
 from ddim.inversion import invert, reconstruct, reconstruction_errors
@@ -21,12 +24,14 @@ from ddim.timestep_search import optimize_timesteps, read_timesteps
 __version__ = "0.1.0"
 __all__ = [
     "CheckpointError",
+    "DistillConfig",
     "Model",
     "NoiseSchedule",
     "Trajectory",
     "builtin_names",
     "consistency",
     "custom_timesteps",
+    "distill",
     "edit",
     "interpolate",
     "invert",

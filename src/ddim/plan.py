@@ -10,6 +10,7 @@ neither changes the other.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -127,7 +128,12 @@ def resolve(
         raise ValueError(f"eta must be a number in [0, 1], got {eta!r}")
     spec = samplers.get(sampler)
     eta = spec.check_eta(eta)
+    distilled = model.default_timesteps if isinstance(model, Model) else None
+    if distilled is not None and steps is None and timesteps is None:
+        timesteps = distilled  # a distilled student samples on its own timesteps by default
     path = (*sub_sequence(schedule, steps, spacing, timesteps).tolist(), -1)
+    if distilled is not None:
+        check_distilled(distilled, path[:-1], spec.name, eta)
     seed = int(torch.randint(0, 2**62, ())) if seed is None else check_index(seed)
     if dynamic_threshold is not None:
         check_threshold(dynamic_threshold)
@@ -135,6 +141,26 @@ def resolve(
     if labels is None:
         return SamplePlan(spec.name, eta, clip, path, seed, None, None, dynamic_threshold)
     return SamplePlan(spec.name, eta, clip, path, seed, tuple(labels.tolist()), guidance, dynamic_threshold)
+
+
+class DistilledWarning(UserWarning):
+    """A distilled student sampled otherwise than it was distilled for (its samples suffer)."""
+
+
+def check_distilled(distilled: Sequence[int], ts: Sequence[int], sampler: str, eta: float) -> None:
+    """Warn, in one line, when a student distilled for DDIM η = 0 on `distilled` runs on other
+    timesteps `ts`, another sampler or η > 0."""
+    if list(ts) == list(distilled) and sampler == "ddim" and eta == 0:
+        return
+    how = [f"timesteps {list(ts)}"] if list(ts) != list(distilled) else []
+    how += [f"sampler {sampler!r}"] if sampler != "ddim" else []
+    how += [f"eta={eta}"] if eta != 0 else []
+    warnings.warn(
+        f"this model was distilled for DDIM (eta=0) on timesteps {list(distilled)}; sampling it with "
+        f"{', '.join(how)} gives worse samples (leave out steps= and timesteps= to use its own)",
+        DistilledWarning,
+        stacklevel=3,
+    )
 
 
 def check_index(value: int, name: str = "seed") -> int:

@@ -1,6 +1,7 @@
-"""A training run's folder: config, checkpoints, metrics log, sample grids, loss curve.
+"""A run's folder (training, or distillation: `ddim.distillation`): config, checkpoints, metrics
+log, sample grids, loss curve.
 
-    RUN/config.toml                           the resolved TrainConfig
+    RUN/config.toml                           the resolved config (TrainConfig, DistillConfig)
     RUN/metrics.jsonl                         one JSON line per log interval
     RUN/checkpoints/step-00001000.safetensors the EMA model (native format: `ddim sample --model` it)
     RUN/checkpoints/step-00001000.state.pt    net, optimizer, step (torch.save; read with weights_only)
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
@@ -25,16 +27,31 @@ from ddim.io import atomic_write, make_grid, save_png, to_uint8
 from ddim.loading import load
 from ddim.models import Model
 from ddim.sampling import sample
-from ddim.train_config import RESUMABLE, TrainConfig, load_toml, to_toml
+from ddim.train_config import TrainConfig, load_toml, to_toml
 
 _STATE_FORMAT, _STATE_VERSION = "ddim-train-state", 1
 _STEP_FILE = re.compile(r"step-(\d+)\.safetensors$")
 
 
+class RunConfig(Protocol):
+    """What a run folder needs of its config: TrainConfig and DistillConfig have it."""
+
+    KIND: ClassVar[str]  # "training": names the run in messages, keys the config in checkpoint info
+    RESUMABLE: ClassVar[frozenset[str]]  # settings that may change when the run is resumed
+    steps: int  # optimizer steps of the whole run
+    keep_checkpoints: int
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any: ...
+
+
 class RunFolder:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, kind: type[RunConfig] = TrainConfig) -> None:
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
+        self.kind = kind
 
     # -- config ---------------------------------------------------------------------------
     def check_new(self) -> None:
@@ -43,36 +60,36 @@ class RunFolder:
             raise ValueError(f"{self.path} exists and is not a folder")
         if (self.path / "config.toml").exists() or self.steps():
             raise ValueError(
-                f"{self.path} already holds a training run; continue it with resume=True or choose "
+                f"{self.path} already holds a {self.kind.KIND} run; continue it with resume=True or choose "
                 "another run folder"
             )
 
-    def check_resume(self, config: TrainConfig) -> None:
+    def check_resume(self, config: RunConfig) -> None:
         """A resumed run may only change the settings in RESUMABLE, and needs a checkpoint before `steps`."""
-        saved = self.saved_config().to_dict()
-        changed = [k for k, v in config.to_dict().items() if saved[k] != v and k not in RESUMABLE]
+        saved, resumable = self.saved_config().to_dict(), self.kind.RESUMABLE
+        changed = [k for k, v in config.to_dict().items() if saved[k] != v and k not in resumable]
         if changed:
             k = changed[0]
             raise ValueError(
                 f"cannot resume {self.path} with {k}={config.to_dict()[k]!r}: the run used {saved[k]!r} "
-                f"(on resume only {', '.join(sorted(RESUMABLE))} may change)"
+                f"(on resume only {', '.join(sorted(resumable))} may change)"
             )
         latest = self.steps()[-1] if self.steps() else 0  # none yet: it starts again from step 0
         finished = latest == config.steps and (self.path / "model.safetensors").is_file()
         if latest > config.steps or finished:  # at `steps` without the model: resuming writes it
+            extend = " (give a larger steps= to extend the run)" if "steps" in resumable else ""
             raise ValueError(
-                f"{self.path} is at step {latest}, and steps={config.steps}: nothing to train "
-                f"(give a larger steps= to extend the run)"
+                f"{self.path} is at step {latest}, and steps={config.steps}: nothing to train{extend}"
             )
 
-    def write_config(self, config: TrainConfig) -> None:
+    def write_config(self, config: RunConfig) -> None:
         atomic_write(self.path / "config.toml", lambda f: f.write(to_toml(config.to_dict()).encode()))
 
-    def saved_config(self) -> TrainConfig:
+    def saved_config(self) -> Any:  # a self.kind
         file = self.path / "config.toml"
         if not file.is_file():
-            raise ValueError(f"{self.path} holds no training run to resume (no config.toml)")
-        return TrainConfig.from_dict(load_toml(file))
+            raise ValueError(f"{self.path} holds no {self.kind.KIND} run to resume (no config.toml)")
+        return self.kind.from_dict(load_toml(file))
 
     # -- checkpoints ----------------------------------------------------------------------
     def steps(self) -> list[int]:
@@ -88,16 +105,17 @@ class RunFolder:
 
     def save_checkpoint(
         self, step: int, net: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, model: Model,
-        config: TrainConfig, wall: float, write: bool = True,
+        config: RunConfig, wall: float, write: bool = True,
     ) -> Path:  # fmt: skip
         """Write the EMA model and the training state of `step`, then prune old checkpoints.
 
+        The model's info keeps `model.info` and adds the config, the step and the wall time.
         Returns the EMA model's path; write=False only returns it (the other processes).
         """
         path = self._model_file(step)
         if not write:
             return path
-        info = {"training": config.to_dict(), "step": step, "wall_time_s": round(wall, 1)}
+        info = {**model.info, config.KIND: config.to_dict(), "step": step, "wall_time_s": round(wall, 1)}
         ema_model = Model(ema, model.schedule, model.image_shape, model.prediction, info, model.class_names)
         state = {
             "format": _STATE_FORMAT, "version": _STATE_VERSION, "step": step, "wall_time_s": wall,
@@ -121,7 +139,7 @@ class RunFolder:
         """
         step = self.steps()[-1] if self.steps() else 0
         if truncate_log:
-            self._truncate_log(step)
+            self.truncate_log(step)
         if not step:
             return 0, 0.0
         file = self._state_file(step)
@@ -176,27 +194,31 @@ class RunFolder:
             records.append(record)
         return records
 
-    def _truncate_log(self, step: int) -> None:
+    def truncate_log(self, step: int) -> None:
         """Drop log lines past `step` (written after the checkpoint a run resumes from)."""
         kept = "".join(json.dumps(r) + "\n" for r in self.records() if r["step"] <= step)
         atomic_write(self.path / "metrics.jsonl", lambda f: f.write(kept.encode()))
 
-    def save_sample_grid(self, step: int, model: Model, config: TrainConfig) -> Path:
-        """Samples of fixed seeds; a conditional model's in class order, one class a column."""
+    def save_sample_grid(
+        self, name: str, model: Model, n: int, steps: int | None = None, timesteps: list[int] | None = None
+    ) -> Path:
+        """RUN/samples/NAME.png: n samples of fixed seeds (DDIM, η = 0), with `steps` steps or these
+        `timesteps` (neither: the model's default); a conditional model's in class order, one class
+        a column."""
         device = next(model.net.parameters()).device
         k = model.num_classes
-        classes = None if k is None else [i % k for i in range(config.sample_n)]
-        x = sample(model, config.sample_n, steps=config.sample_steps, seed=0, device=device, classes=classes)
-        return save_png(make_grid(to_uint8(x), k), self.path / "samples" / f"step-{step:08d}.png")
+        classes = None if k is None else [i % k for i in range(n)]
+        x = sample(model, n, steps=steps, timesteps=timesteps, seed=0, device=device, classes=classes)
+        return save_png(make_grid(to_uint8(x), k), self.path / "samples" / f"{name}.png")
 
-    def finish(self, checkpoint: Path | None, complete: bool) -> None:
+    def finish(self, checkpoint: Path | None, complete: bool, loss_label: str = "ε-prediction MSE") -> None:
         """Plot the loss curve; when training is complete, copy the last EMA model to model.safetensors.
 
         The model goes last: once it exists the run is complete, and a run killed before it
         writes it on --resume."""
         records = self.records()
         if records:
-            plot_loss(records, self.path / "loss.png")
+            plot_loss(records, self.path / "loss.png", loss_label)
         if complete and checkpoint is not None:
             atomic_write(self.path / "model.safetensors", lambda f: f.write(checkpoint.read_bytes()))
 
@@ -232,7 +254,7 @@ def _load_optimizer(opt: torch.optim.Optimizer, saved: object, file: Path) -> No
                     )
 
 
-def plot_loss(records: list[dict], path: Path) -> Path:
+def plot_loss(records: list[dict], path: Path, label: str = "ε-prediction MSE") -> Path:
     """The training loss (mean per log interval) against the step, log-scaled."""
     import matplotlib
 
@@ -247,7 +269,7 @@ def plot_loss(records: list[dict], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     ax.plot(steps, losses, color="0.75", lw=0.8, label="per log interval")
     ax.plot(steps, smooth, color="C0", lw=1.6, label=f"running mean of {window}")
-    ax.set(xlabel="step", ylabel="ε-prediction MSE", yscale="log", title="training loss")
+    ax.set(xlabel="step", ylabel=label, yscale="log", title="training loss")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()

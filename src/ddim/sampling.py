@@ -127,8 +127,9 @@ def sample(
 
     model: a loaded `Model`, or any callable eps_fn(x_t, t) → ε̂ given `schedule=` and `noise=`
     or `shape=`. steps: S timesteps (default 50) spaced by `spacing`, or an explicit
-    `timesteps=` list. sampler: a name of `ddim.samplers.names()`. eta ∈ [0, 1] (sampler
-    "ddim" only; default 0). clip: clamp x̂_0 to [-1, 1] (default off, as in the paper's code;
+    `timesteps=` list; neither: a distilled student's own (`Model.default_timesteps`).
+    sampler: a name of `ddim.samplers.names()`. eta ∈ [0, 1] (sampler "ddim" only; default 0).
+    clip: clamp x̂_0 to [-1, 1] (default off, as in the paper's code;
     always on for "ddpm-large"). Sample i draws its x_T and its step noise from generators
     seeded by (seed, i), so it does not depend on n, batch_size or the device; seed=None picks a
     fresh random seed. `noise=` gives x_T directly. A `Model`'s net is moved to `device`

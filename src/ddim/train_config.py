@@ -13,7 +13,7 @@ import os
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 from ddim.data import FITS, Fit
 from ddim.models.unet import UNetConfig
@@ -39,6 +39,9 @@ RESUMABLE = frozenset({"steps", "log_every", "checkpoint_every", "keep_checkpoin
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (the run folder and device are given apart)."""
+
+    KIND: ClassVar[str] = "training"
+    RESUMABLE: ClassVar[frozenset[str]] = RESUMABLE
 
     data: str = ""  # an .npz (array `data_key`) or an image folder
     data_key: str = "x_train"
@@ -73,17 +76,17 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            _check_type(f.name, getattr(self, f.name), f.type)
+            check_type(f.name, getattr(self, f.name), f.type)
         object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
-        _choice("fit", self.fit, FITS)
-        _choice("beta_schedule", self.beta_schedule, get_args(BetaSchedule))
-        _choice("lr_decay", self.lr_decay, get_args(LrDecay))
-        _choice("precision", self.precision, get_args(TrainPrecision))
+        check_choice("fit", self.fit, FITS)
+        check_choice("beta_schedule", self.beta_schedule, get_args(BetaSchedule))
+        check_choice("lr_decay", self.lr_decay, get_args(LrDecay))
+        check_choice("precision", self.precision, get_args(TrainPrecision))
         for name in ("num_timesteps", "steps", "batch_size", "log_every", "checkpoint_every",
                      "keep_checkpoints", "sample_steps", "sample_n"):  # fmt: skip
-            _positive_int(name, getattr(self, name))
+            check_int(name, getattr(self, name))
         for name in ("warmup_steps", "sample_every", "seed"):
-            _positive_int(name, getattr(self, name), allow_zero=True)
+            check_int(name, getattr(self, name), allow_zero=True)
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
         if not 0 <= self.ema_decay < 1:
@@ -125,7 +128,7 @@ class TrainConfig:
 
     def ema_decay_at(self, step: int) -> float:
         """EMA decay after step `step`: short memory early on, so the average forgets the init."""
-        return min(self.ema_decay, (1 + step) / (10 + step))
+        return ema_warmup(self.ema_decay, step)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -135,12 +138,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown training setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
+        check_known(cls, d, "training")
         d = dict(d)
         if "net" in d and not isinstance(d["net"], dict):
             raise ValueError(f"net must be a table of U-Net settings, got {d['net']!r}")
@@ -223,10 +221,26 @@ def _toml_value(v: Any) -> str:
     raise ValueError(f"cannot write {v!r} as TOML")
 
 
-def _check_type(name: str, value: Any, annotation: str) -> None:
+def check_known(cls: type, settings: dict[str, Any], what: str) -> None:
+    """Refuse settings that are not fields of the dataclass `cls`, naming the known ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown {what} setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
+
+
+def ema_warmup(decay: float, step: int) -> float:
+    """The EMA decay after step `step` (0-based): min(decay, (1 + k) / (10 + k)), a short memory
+    early on, so the average forgets the weights it started from."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+def check_type(name: str, value: Any, annotation: str) -> None:
     """Refuse a setting of the wrong type: floats must be finite numbers, flags booleans, text strings.
 
-    Integers, choices and the net are checked by their own rules (_positive_int, _choice, UNetConfig).
+    Integers, choices and the net are checked by their own rules (check_int, check_choice, UNetConfig).
     """
     if annotation == "float" and not (
         isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -238,11 +252,11 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
         raise ValueError(f"{name} must be a string, got {value!r}")
 
 
-def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
 
 
-def _positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
+def check_int(name: str, value: Any, allow_zero: bool = False) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < (0 if allow_zero else 1):
         raise ValueError(f"{name} must be an integer >= {0 if allow_zero else 1}, got {value!r}")

@@ -19,7 +19,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,18 +114,47 @@ def train_step(
         drop_gen = seeded_generator(config.seed, step, _LABEL_STREAM)
         drop = (torch.rand(shape[:1], generator=drop_gen) < config.class_dropout)[part].to(device)
         y = torch.where(drop, config.net.num_classes, y.to(device))
-    for group in opt.param_groups:
-        group["lr"] = config.lr_at(step)
     dropout_seed = int(torch.randint(0, 2**62, (), generator=gen)) + distributed.rank()
-    with _seeded_global_rng(dropout_seed, device):
-        loss = diffusion_loss(net, x0, t, eps, schedule, config.precision == "bf16", y)
+
+    def loss() -> Tensor:
+        return diffusion_loss(net, x0, t, eps, schedule, config.precision == "bf16", y)
+
+    return optimizer_step(net, opt, loss, config.lr_at(step), config.grad_clip, dropout_seed)
+
+
+def optimizer_step(
+    net: nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable[[], Tensor], lr: float, grad_clip: float,
+    dropout_seed: int,
+) -> tuple[float, float]:  # fmt: skip
+    """Set the learning rate, compute `loss_fn()` with torch's RNG (dropout) seeded by
+    `dropout_seed`, backpropagate, clip the gradient norm to `grad_clip` (0: off) and step,
+    unless the loss or the gradient is not finite. Returns (loss, gradient norm)."""
+    device = next(net.parameters()).device
+    for group in opt.param_groups:
+        group["lr"] = lr
+    with seeded_global_rng(dropout_seed, device):
+        loss = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-    max_norm = config.grad_clip if config.grad_clip > 0 else float("inf")
+    max_norm = grad_clip if grad_clip > 0 else float("inf")
     grad_norm = nn.utils.clip_grad_norm_(net.parameters(), max_norm)
     if torch.isfinite(loss) and torch.isfinite(grad_norm):
         opt.step()
     return loss.item(), grad_norm.item()
+
+
+def adamw(net: nn.Module, lr: float, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
+    """The optimizer of every run: AdamW over the network's parameters."""
+    return torch.optim.AdamW(net.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+
+
+def check_finite(loss: float, grad_norm: float, step: int, checkpoint: Path | None) -> None:
+    """Stop a run whose loss or gradient norm became NaN or inf at (1-based) `step`, naming the
+    last good checkpoint, which is left intact."""
+    if math.isfinite(loss) and math.isfinite(grad_norm):
+        return
+    last = f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written"
+    raise TrainingError(f"loss became {loss} (gradient norm {grad_norm}) at step {step}; {last}")
 
 
 @dataclass(frozen=True)
@@ -158,12 +187,12 @@ def train(
     Under torchrun, each of the N processes takes batch_size / N images of every global batch
     (DDP averages the gradients) and only rank 0 writes; the result does not depend on N.
     """
-    with _stop_signals() as stop:  # from the start: a signal while loading data is one line too
+    with stop_signals() as stop:  # from the start: a signal while loading data is one line too
         return _train(config, Path(out), resume, torch.device(device), progress, stop)
 
 
 def _train(
-    config: TrainConfig, out: Path, resume: bool, device: torch.device, progress: bool, stop: _Stop
+    config: TrainConfig, out: Path, resume: bool, device: torch.device, progress: bool, stop: StopRequest
 ) -> TrainResult:
     device = distributed.init(device)
     if config.batch_size % distributed.world_size():
@@ -183,12 +212,10 @@ def _train(
     write = distributed.is_main()
     if write:
         run.write_config(config)
-    with _seeded_global_rng(config.seed, device):
+    with seeded_global_rng(config.seed, device):
         net = UNet(config.net).to(device)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(
-        net.parameters(), lr=config.lr, betas=config.adam_betas, weight_decay=config.weight_decay
-    )
+    opt = adamw(net, config.lr, config.adam_betas, config.weight_decay)
     start, wall = run.load_latest(net, ema, opt, truncate_log=write) if resume else (0, 0.0)
     forward = nn.parallel.DistributedDataParallel(net) if distributed.world_size() > 1 else net
     shape = (config.net.in_channels, config.net.resolution, config.net.resolution)
@@ -209,10 +236,10 @@ def _labels(config: TrainConfig, num_images: int) -> tuple[TrainConfig, Tensor, 
     return config.replace(net=dataclasses.replace(config.net, num_classes=len(names))), labels, names
 
 
-def _loop(s: _Session, start: int, wall: float, progress: bool, stop_signal: _Stop) -> TrainResult:
+def _loop(s: _Session, start: int, wall: float, progress: bool, stop_signal: StopRequest) -> TrainResult:
     config, main = s.config, distributed.is_main()
     checkpoint = s.run.latest_checkpoint()
-    meter = _Meter()
+    meter = Meter()
     bar = tqdm(total=config.steps, initial=start, disable=not progress, unit="step", desc="training")
     s.net.train()
     done, stop = start, False
@@ -221,13 +248,7 @@ def _loop(s: _Session, start: int, wall: float, progress: bool, stop_signal: _St
         for step in range(start, config.steps):
             tick = time.perf_counter()
             loss, grad_norm, stop = _global_step(s, step, stop_signal.requested.is_set())
-            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                last = (
-                    f"the last good checkpoint is {checkpoint}" if checkpoint else "no checkpoint was written"
-                )
-                raise TrainingError(
-                    f"loss became {loss} (gradient norm {grad_norm}) at step {step + 1}; {last}"
-                )
+            check_finite(loss, grad_norm, step + 1, checkpoint)
             ema_update(s.ema, s.net, config.ema_decay_at(step))
             done, wall = step + 1, wall + time.perf_counter() - tick
             meter.add(loss, grad_norm, config.batch_size, time.perf_counter() - tick)
@@ -237,7 +258,7 @@ def _loop(s: _Session, start: int, wall: float, progress: bool, stop_signal: _St
                 s.run.log(record)
                 bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_s']:.0f}")
             if main and config.sample_every and (done % config.sample_every == 0 or done == config.steps):
-                s.run.save_sample_grid(done, s.model, config)
+                s.run.save_sample_grid(f"step-{done:08d}", s.model, config.sample_n, config.sample_steps)
             if done % config.checkpoint_every == 0 or done == config.steps or stop:
                 checkpoint = s.run.save_checkpoint(
                     done, s.net, s.ema, s.opt, s.model, config, wall, write=main
@@ -265,7 +286,7 @@ def _global_step(s: _Session, step: int, stop_requested: bool) -> tuple[float, f
     return loss, grad_norm, stop > 0
 
 
-class _Meter:
+class Meter:
     """Running means of loss and gradient norm, and throughput, between two log lines."""
 
     def __init__(self) -> None:
@@ -293,7 +314,7 @@ class _Meter:
 
 
 @contextlib.contextmanager
-def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's global RNG (weight init, dropout) inside, and restore it afterwards."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -301,7 +322,7 @@ def _seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
         yield
 
 
-class _Stop:
+class StopRequest:
     """Ctrl-C (SIGINT) and SIGTERM (kill, a cluster's pre-emption) during `train`. Before the
     training loop they raise KeyboardInterrupt at once: no step is done, so there is nothing to
     save (the run starts again from step 0). In the loop they set `requested` instead of stopping
@@ -318,10 +339,10 @@ class _Stop:
 
 
 @contextlib.contextmanager
-def _stop_signals() -> Iterator[_Stop]:
-    """A `_Stop` handling SIGINT and SIGTERM inside (on the main thread; elsewhere it only waits
+def stop_signals() -> Iterator[StopRequest]:
+    """A `StopRequest` handling SIGINT and SIGTERM inside (on the main thread; elsewhere it only waits
     to be set), the previous handlers restored afterwards."""
-    stop = _Stop()
+    stop = StopRequest()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return

@@ -31,14 +31,20 @@ def sigma_eta(alpha_bar_t: float, alpha_bar_next: float, eta: float) -> float:
 def ddim_step(
     x0: Tensor,
     eps: Tensor,
-    alpha_bar_next: float,
+    alpha_bar_next: float | Tensor,
     sigma: float,
     z: Tensor | None = None,
     noise_std: float | None = None,
 ) -> Tensor:
-    """Eq. 12: √ᾱ_t' x̂_0 + √(1 − ᾱ_t' − σ²) ε̂ + σ z. `noise_std` replaces σ on z only (σ̂)."""
+    """Eq. 12: √ᾱ_t' x̂_0 + √(1 − ᾱ_t' − σ²) ε̂ + σ z. `noise_std` replaces σ on z only (σ̂).
+
+    ᾱ_t' is a float, or a tensor that broadcasts against x̂_0 (one per sample, e.g. (B, 1, 1, 1)).
+    """
     noise_std = sigma if noise_std is None else noise_std
-    x = math.sqrt(alpha_bar_next) * x0 + math.sqrt(max(0.0, 1 - alpha_bar_next - sigma**2)) * eps
+    if isinstance(alpha_bar_next, Tensor):
+        x = alpha_bar_next.sqrt() * x0 + (1 - alpha_bar_next - sigma**2).clamp(min=0).sqrt() * eps
+    else:
+        x = math.sqrt(alpha_bar_next) * x0 + math.sqrt(max(0.0, 1 - alpha_bar_next - sigma**2)) * eps
     return x if z is None or noise_std == 0 else x + noise_std * z
 
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 from ddim import __version__, distributed
 from ddim.checkpoint import CheckpointError
 from ddim.cli import (
     consistency,
     convert,
+    distill,
     download,
     edit,
     evaluate,
@@ -33,8 +35,8 @@ from ddim.execution import CompileError
 from ddim.training import TrainingError
 
 SUBCOMMANDS = (
-    sample, invert, reconstruct, interpolate, edit, consistency, train, evaluate, info, convert, serve,
-    models, download, export, timesteps,
+    sample, timesteps, invert, reconstruct, interpolate, edit, consistency, train, distill, evaluate, info,
+    convert, serve, models, download, export,
 )  # fmt: skip
 
 
@@ -53,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():  # restores the caller's handler afterwards
+            warnings.showwarning = _one_line(args.command)
+            return args.func(args)
     except (CheckpointError, CompileError, TrainingError, ValueError, OSError) as e:
         print(f"ddim {args.command}: error: {flag_words(str(e))}", file=sys.stderr)
         return 2
@@ -62,3 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         distributed.shutdown()
+
+
+def _one_line(command: str) -> Callable[..., None]:
+    """A `warnings.showwarning` that prints `ddim COMMAND: warning: MESSAGE`, in the flags' words."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"ddim {command}: warning: {flag_words(str(message))}", file=sys.stderr)
+
+    return show

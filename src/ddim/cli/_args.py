@@ -203,6 +203,7 @@ PARAMETER_FLAGS = {
     "(classes=)": "(--class)",
     "resolution=R": "--resolution R",
     "weights=PATH": "--features-weights PATH",
+    "leave out steps= and timesteps=": "leave out --steps and --timesteps",
 }
 
 

@@ -16,6 +16,7 @@ INFO_EXAMPLES = """examples:
   ddim info                          the shipped default model
   ddim info mnist-cond --json        a built-in, as JSON
   ddim info runs/mnist/model.safetensors   a checkpoint of `ddim train`
+  ddim info runs/d/students/4-step.safetensors   a student of `ddim distill`: its timesteps
   ddim info ddpm-cifar10-32/         a diffusers folder or DDPM checkpoint (what `ddim convert` reads)
 """
 
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         "prediction": model.prediction,
         "classes": None if model.num_classes is None else list(model.class_names) or model.num_classes,
         "schedule": model.schedule.describe(),
+        "distilled_timesteps": None if model.default_timesteps is None else list(model.default_timesteps),
         "info": model.info,
     }
     if args.json:

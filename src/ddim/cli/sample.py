@@ -74,7 +74,12 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="decode these x_T (an .npz from `ddim invert`) instead of seeded noise; "
         "its timesteps are used unless --steps/--timesteps is given",
     )
-    p.add_argument("--steps", type=int_at_least(1), default=None, help="sampling steps S (default: 50)")
+    p.add_argument(
+        "--steps",
+        type=int_at_least(1),
+        default=None,
+        help="sampling steps S (default: 50; a distilled student: the timesteps it was distilled for)",
+    )
     p.add_argument(
         "--eta", type=eta_arg, default=None, help="noise level η in [0, 1] for --sampler ddim (default: 0)"
     )

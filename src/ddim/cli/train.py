@@ -7,9 +7,10 @@ import json
 from pathlib import Path
 
 from ddim.cli._args import device_arg, int_at_least, output_folder
+from ddim.distillation import DistillResult
 from ddim.runs import RunFolder
 from ddim.train_config import TrainConfig, apply_assignments, load_toml
-from ddim.training import train
+from ddim.training import TrainResult, train
 
 TRAIN_EXAMPLES = """examples:
   ddim train --data mnist.npz --out runs/mnist          the shipped MNIST recipe (the defaults)
@@ -87,16 +88,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """Defaults ← the run's saved config (--resume) or --config ← flags ← --set."""
-    if args.resume:
-        if args.config is not None:  # its settings would be silently ignored, or refused one by one
-            raise ValueError("--config does not apply to --resume: the run's saved config is used")
-        settings = RunFolder(args.out).saved_config().to_dict()
-    else:
-        settings = load_toml(args.config) if args.config else {}
-    for flag, key in _FLAGS.items():
-        if getattr(args, flag) is not None:
-            settings[key] = getattr(args, flag)
-    config = TrainConfig.from_dict(apply_assignments(settings, args.set))
+    config = TrainConfig.from_dict(settings(args, _FLAGS, RunFolder(args.out, TrainConfig)))
     if args.class_dropout is not None and not config.conditional:
         raise ValueError("--class-dropout applies to conditional runs only (add --conditional)")
     if not config.data:
@@ -112,16 +104,42 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = train(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
     except KeyboardInterrupt:  # before the first step: nothing to save
-        print("interrupted before the first training step: nothing needed saving")
-        if (Path(args.out) / "config.toml").is_file():
-            print(f"continue with: ddim train --out {args.out} --resume")
-        else:
-            print("nothing was written: run the same command again")
-        return 130
+        return report_stop("train", "training", Path(args.out), None)
     if result.interrupted:
-        print(f"interrupted at step {result.step}; saved {result.checkpoint}")
-        print(f"continue with: ddim train --out {args.out} --resume")
-        return 130
+        return report_stop("train", "training", Path(args.out), result)
     print(f"trained {result.step} steps; EMA model: {Path(args.out) / 'model.safetensors'}")
     print(f"sample it with: ddim sample --model {Path(args.out) / 'model.safetensors'}")
     return 0
+
+
+def settings(args: argparse.Namespace, flags: dict[str, str], run: RunFolder) -> dict:
+    """A run's settings: the run's saved config (--resume) or --config, then the flags given
+    (`flags`: argparse dest → setting), then each --set KEY=VALUE."""
+    if args.resume:
+        if args.config is not None:  # its settings would be silently ignored, or refused one by one
+            raise ValueError("--config does not apply to --resume: the run's saved config is used")
+        found = run.saved_config().to_dict()
+    else:
+        found = load_toml(args.config) if args.config else {}
+    for flag, key in flags.items():
+        if getattr(args, flag) is not None:
+            found[key] = getattr(args, flag)
+    return apply_assignments(found, args.set)
+
+
+def report_stop(command: str, kind: str, out: Path, result: TrainResult | DistillResult | None) -> int | None:
+    """Print how a run that stopped early goes on, and return exit status 130; None if it finished.
+
+    result None: interrupted before its first step."""
+    resume = f"continue with: ddim {command} --out {out} --resume"
+    if result is None:
+        print(f"interrupted before the first {kind} step: nothing needed saving")
+        print(
+            resume if (out / "config.toml").is_file() else "nothing was written: run the same command again"
+        )
+        return 130
+    if result.interrupted:
+        print(f"interrupted at step {result.step}; saved {result.checkpoint}")
+        print(resume)
+        return 130
+    return None

@@ -51,6 +51,20 @@ class Model:
         return num_classes(self.net)
 
     @property
+    def default_timesteps(self) -> tuple[int, ...] | None:
+        """The timesteps a distilled model was trained to sample with (DDIM, η = 0), descending:
+        `info["distilled"]["timesteps"]` (`ddim.distillation` writes it); None for other models."""
+        distilled = self.info.get("distilled")
+        if distilled is None:
+            return None
+        ts = distilled.get("timesteps") if isinstance(distilled, dict) else None
+        if not isinstance(ts, list | tuple) or not ts or not all(type(t) is int for t in ts):
+            raise ValueError(
+                f"the model's info['distilled']['timesteps'] must be a list of integers, got {ts!r}"
+            )
+        return tuple(ts)
+
+    @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 
