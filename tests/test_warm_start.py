@@ -18,24 +18,26 @@ from helpers import run_cli
 from test_training import tiny_config
 
 
-@pytest.fixture
-def dataset(tmp_path):
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
     rng = np.random.default_rng(0)
-    path = tmp_path / "data.npz"
+    path = tmp_path_factory.mktemp("data") / "data.npz"
     np.savez(path, x_train=rng.integers(0, 256, size=(40, 8, 8), dtype=np.uint8))
     return path
 
 
 def config_of(dataset, **overrides) -> TrainConfig:
     """12 steps, a constant rate after a 4-step warm-up (a rate that does not depend on `steps`)."""
-    return tiny_config(dataset, steps=12, warmup_steps=4, lr_decay="constant", hflip=True, **overrides)
+    settings = {"steps": 12, "warmup_steps": 4, "lr_decay": "constant", "hflip": True, "sample_every": 0}
+    return tiny_config(dataset, **{**settings, **overrides})
 
 
-@pytest.fixture
-def first(tmp_path, dataset):
-    """A 12-step run; its step-6 checkpoint is the init model of the tests."""
-    train(config_of(dataset), tmp_path / "first", progress=False)
-    return tmp_path / "first" / "checkpoints" / "step-00000006.safetensors"
+@pytest.fixture(scope="module")
+def first(tmp_path_factory, dataset):
+    """A 12-step run; its step-6 checkpoint is the init model of the tests (left unchanged)."""
+    run = tmp_path_factory.mktemp("first")
+    train(config_of(dataset), run, progress=False)
+    return run / "checkpoints" / "step-00000006.safetensors"
 
 
 def log(run) -> list[dict]:
@@ -110,8 +112,10 @@ def test_a_warm_run_resumed_before_its_first_checkpoint_starts_again_from_the_in
     """No checkpoint yet: resume loads the init model the config records (checked by its
     fingerprint) and starts at its step again; a saved config run anew does the same."""
     config = config_of(dataset, checkpoint_every=100)
-    whole = train(config, tmp_path / "whole", init=first, progress=False)
-    train(config.replace(steps=8), tmp_path / "cut", init=first, init_step=6, progress=False)
+    init = tmp_path / "init.safetensors"
+    init.write_bytes(first.read_bytes())
+    whole = train(config, tmp_path / "whole", init=init, progress=False)
+    train(config.replace(steps=8), tmp_path / "cut", init=init, init_step=6, progress=False)
     for p in (tmp_path / "cut" / "checkpoints").iterdir():
         p.unlink()
     again = train(config, tmp_path / "cut", resume=True, progress=False)
@@ -122,7 +126,7 @@ def test_a_warm_run_resumed_before_its_first_checkpoint_starts_again_from_the_in
     for other in (again, replayed):
         b = load_file(other.checkpoint)
         assert all(torch.equal(a[k], b[k]) for k in a)
-    ddim.save(ddim.load(tmp_path / "whole" / "model.safetensors"), first)  # another model there now
+    ddim.save(ddim.load(tmp_path / "whole" / "model.safetensors"), init)  # another model there now
     with pytest.raises(ValueError, match="is not the model this run started from"):
         train(saved, tmp_path / "other", progress=False)
 
@@ -131,9 +135,10 @@ def test_cli_warm_start_and_its_refusals_in_one_line(tmp_path, dataset, first, c
     config_file = tmp_path / "tiny.toml"
     config_file.write_text(to_toml(config_of(dataset).to_dict()))
     base = ["train", "--config", config_file, "--quiet"]
-    code, _, err = run_cli(capsys, *base, "--out", tmp_path / "ok", "--init", first, "--init-step", 0)
+    ok = ["--out", tmp_path / "ok", "--init", first, "--init-step", 0, "--steps", 2]
+    code, _, err = run_cli(capsys, *base, *ok)
     assert code == 0, err
-    assert log(tmp_path / "ok")[0]["step"] == 1
+    assert [r["step"] for r in log(tmp_path / "ok")] == [1, 2]
     assert TrainConfig.from_dict(load_toml(tmp_path / "ok" / "config.toml")).init_step == 0
     schedule = ddim.NoiseSchedule.linear(50)
     v_model = Model(ddim.load(first).net, schedule, (1, 8, 8), "v")
