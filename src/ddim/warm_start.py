@@ -11,6 +11,7 @@ records the model, its fingerprint and the start step (init, init_fingerprint, i
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,10 @@ class WarmStart:
 
 
 def warm_start(
-    config: TrainConfig, init: str, init_step: int | None = None, class_names: tuple[str, ...] = ()
+    config: TrainConfig,
+    init: str | os.PathLike,
+    init_step: int | None = None,
+    class_names: tuple[str, ...] = (),
 ) -> WarmStart:
     """Load `init` (anything `ddim.load` accepts) as the start of a run of `config`.
 
