@@ -73,6 +73,11 @@ class TrainConfig:
     sample_every: int = 1000  # sample grids of the EMA model (0: off)
     sample_steps: int = 50
     sample_n: int = 64
+    # A warm start (training.train's init=) records here the model the run began from, its
+    # Model.fingerprint() and the step the run began at; set by train, not by hand.
+    init: str = ""
+    init_fingerprint: str = ""
+    init_step: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -85,7 +90,7 @@ class TrainConfig:
         for name in ("num_timesteps", "steps", "batch_size", "log_every", "checkpoint_every",
                      "keep_checkpoints", "sample_steps", "sample_n"):  # fmt: skip
             check_int(name, getattr(self, name))
-        for name in ("warmup_steps", "sample_every", "seed"):
+        for name in ("warmup_steps", "sample_every", "seed", "init_step"):
             check_int(name, getattr(self, name), allow_zero=True)
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
@@ -110,6 +115,11 @@ class TrainConfig:
             )
         if self.sample_steps > self.num_timesteps:
             raise ValueError(f"sample_steps must be <= num_timesteps, got {self.sample_steps}")
+        if bool(self.init) != bool(self.init_fingerprint) or (self.init_step and not self.init):
+            raise ValueError(
+                "init, init_fingerprint and init_step record a warm start, set by training from "
+                f"init=MODEL, not by hand (got {self.init!r}, {self.init_fingerprint!r}, {self.init_step})"
+            )
         self.schedule()  # validates the β settings
 
     def schedule(self) -> NoiseSchedule:
@@ -118,7 +128,17 @@ class TrainConfig:
         return NoiseSchedule.linear(self.num_timesteps, self.beta_start, self.beta_end)
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of optimizer step `step` (0-based): warm-up, then constant or cosine."""
+        """The learning rate of optimizer step `step` (0-based): warm-up, then constant or cosine.
+
+        A run warm-started at init_step = s > 0 re-warms with its fresh optimizer: the rate of
+        the schedule times min(1, (step − s + 1) / warmup_steps).
+        """
+        rate = self._scheduled_lr(step)
+        if self.init_step and self.warmup_steps:
+            return rate * min(1.0, (step - self.init_step + 1) / self.warmup_steps)
+        return rate
+
+    def _scheduled_lr(self, step: int) -> float:
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         if self.lr_decay == "constant":

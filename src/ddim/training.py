@@ -16,7 +16,9 @@ import contextlib
 import copy
 import dataclasses
 import math
+import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +38,7 @@ from ddim.rng import seeded_generator
 from ddim.runs import RunFolder
 from ddim.schedule import NoiseSchedule
 from ddim.train_config import TrainConfig
+from ddim.warm_start import WarmStart, replay, warm_start
 
 _DATA_STREAM, _STEP_STREAM, _INIT_STREAM, _LABEL_STREAM = 10, 11, 12, 13  # independent random streams
 
@@ -177,6 +180,8 @@ def train(
     out: str | Path,
     *,
     resume: bool = False,
+    init: str | os.PathLike | None = None,
+    init_step: int | None = None,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> TrainResult:
@@ -184,15 +189,38 @@ def train(
 
     resume: continue the run in `out` from its latest checkpoint (only the settings in
     `train_config.RESUMABLE`, such as `steps`, may differ from the saved config).
+    init: a warm start (`ddim.warm_start`): a new run whose network and EMA begin as this model's
+    weights (anything `ddim.load` accepts), with a fresh optimizer; init_step: the step it starts
+    at (default: the step the model records, when its schedule settings match; else 0).
     Under torchrun, each of the N processes takes batch_size / N images of every global batch
     (DDP averages the gradients) and only rank 0 writes; the result does not depend on N.
     """
+    check_start(resume, init, init_step)
     with stop_signals() as stop:  # from the start: a signal while loading data is one line too
-        return _train(config, Path(out), resume, torch.device(device), progress, stop)
+        how = _Start(resume, None if init is None else str(init), init_step)
+        return _train(config, Path(out), how, torch.device(device), progress, stop)
+
+
+def check_start(resume: bool, init: object, init_step: int | None) -> None:
+    """Refuse a warm start (init) of a resumed run, and an init_step without init."""
+    if init is not None and resume:
+        raise ValueError(
+            "init=MODEL starts a new run and resume=True continues one from its own checkpoints "
+            "(a warm-started run too): give one of them"
+        )
+    if init_step is not None and init is None:
+        raise ValueError("init_step=N applies to a warm start: give init=MODEL too")
+
+
+@dataclass(frozen=True)
+class _Start:
+    resume: bool
+    init: str | None
+    init_step: int | None
 
 
 def _train(
-    config: TrainConfig, out: Path, resume: bool, device: torch.device, progress: bool, stop: StopRequest
+    config: TrainConfig, out: Path, how: _Start, device: torch.device, progress: bool, stop: StopRequest
 ) -> TrainResult:
     device = distributed.init(device)
     if config.batch_size % distributed.world_size():
@@ -207,21 +235,48 @@ def _train(
         raise ValueError(f"the dataset has {len(data)} images, fewer than batch_size={config.batch_size}")
     config, labels, names = _labels(config, len(data)) if config.conditional else (config, None, ())
     run = RunFolder(out)  # written only once the data is known to be good, and by rank 0 only
-    run.check_resume(config) if resume else run.check_new()
+    if how.resume:
+        config = _with_record(config, run.saved_config())
+    run.check_resume(config) if how.resume else run.check_new()
+    warm = _warm_start(config, run, how, names)
+    config = warm.config if warm else config
     distributed.barrier()  # every process has checked before the folder changes
     write = distributed.is_main()
     if write:
         run.write_config(config)
     with seeded_global_rng(config.seed, device):
         net = UNet(config.net).to(device)
+    if warm:
+        net.load_state_dict(warm.weights)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = adamw(net, config.lr, config.adam_betas, config.weight_decay)
-    start, wall = run.load_latest(net, ema, opt, truncate_log=write) if resume else (0, 0.0)
+    start, wall = run.load_latest(net, ema, opt, truncate_log=write) if how.resume else (0, 0.0)
+    if warm:  # a new run, or a resumed one that had no checkpoint yet (load_latest left all as built)
+        start, wall = config.init_step, warm.wall_time_s
+        if progress and write:
+            tqdm.write(warm.note, file=sys.stderr)
     forward = nn.parallel.DistributedDataParallel(net) if distributed.world_size() > 1 else net
     shape = (config.net.in_channels, config.net.resolution, config.net.resolution)
     model = Model(ema, config.schedule(), shape, class_names=names)
     session = _Session(config, run, data, labels, net, forward, ema, opt, model)
     return _loop(session, start, wall, progress and distributed.is_main(), stop)
+
+
+def _warm_start(config: TrainConfig, run: RunFolder, how: _Start, names: tuple[str, ...]) -> WarmStart | None:
+    """The warm start of a new run given init=; or the one `config` records, for a new run of a
+    saved config or a resumed run with no checkpoint yet (it starts again from the init model)."""
+    if how.init is not None:
+        return warm_start(config, how.init, how.init_step, names)
+    if config.init and not (how.resume and run.steps()):
+        return replay(config, names)
+    return None
+
+
+def _with_record(config: TrainConfig, saved: TrainConfig) -> TrainConfig:
+    """A resumed run's config with the warm start its saved config records, if it gives none."""
+    if config.init:
+        return config
+    return config.replace(init=saved.init, init_fingerprint=saved.init_fingerprint, init_step=saved.init_step)
 
 
 def _labels(config: TrainConfig, num_images: int) -> tuple[TrainConfig, Tensor, tuple[str, ...]]:

@@ -194,6 +194,8 @@ def execution(args: argparse.Namespace, device: torch.device | None = None) -> E
 # The library's errors name its parameters; the command line says the flags (one table for all).
 PARAMETER_FLAGS = {
     "resume=True": "--resume",
+    "init_step=": "--init-step ",  # init_step=N, init=MODEL
+    "init=": "--init ",
     "overwrite=True": "--overwrite",
     "larger steps=": "larger --steps",
     "another run folder": "another --out",

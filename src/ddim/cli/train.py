@@ -10,12 +10,14 @@ from ddim.cli._args import device_arg, int_at_least, output_folder
 from ddim.distillation import DistillResult
 from ddim.runs import RunFolder
 from ddim.train_config import TrainConfig, apply_assignments, load_toml
-from ddim.training import TrainResult, train
+from ddim.training import TrainResult, check_start, train
 
 TRAIN_EXAMPLES = """examples:
   ddim train --data mnist.npz --out runs/mnist          the shipped MNIST recipe (the defaults)
   ddim train --data photos/ --out runs/cats --config cifar.toml --set net.resolution=64
   ddim train --out runs/mnist --resume --steps 40000    continue (and extend) a run
+  ddim train --config c10.toml --data c10.npz --out runs/b --init runs/a/model.safetensors
+                                                        a new run warm-started from a model's weights
   ddim train --data mnist.npz --out runs/x --dry-run    print the resolved config
   ddim train --data mnist.npz --out runs/mnist-cond --conditional   class-conditional (labels: y_train)
 
@@ -24,6 +26,10 @@ settings: the defaults, then --config FILE (TOML), then the flags below, then --
 Ctrl-C (or SIGTERM) saves a checkpoint and exits (status 130); --resume continues exactly
 where it stopped (a run stopped before its first checkpoint, from step 0; one stopped after its
 last checkpoint writes model.safetensors).
+--init MODEL is a warm start, not an exact resume: a new run whose network and EMA begin as
+MODEL's weights, with a fresh optimizer (the learning rate re-warms over warmup_steps). Its step
+count goes on from the step MODEL records when MODEL's run had this run's lr/EMA schedule
+settings; --init-step N sets it (0: the schedule starts over).
 """
 
 # flag → TrainConfig field, for the settings common enough to deserve a flag
@@ -79,6 +85,20 @@ def add(sub: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
     )
     p.add_argument(
+        "--init",
+        default=None,
+        metavar="MODEL",
+        help="warm start: a new run from MODEL's weights (a built-in name or a path; same architecture)",
+    )
+    p.add_argument(
+        "--init-step",
+        type=int_at_least(0),
+        default=None,
+        metavar="N",
+        help="with --init: the step the run starts at (default: MODEL's recorded step if its "
+        "schedule settings match, else 0)",
+    )
+    p.add_argument(
         "--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -88,6 +108,7 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
     """Defaults ← the run's saved config (--resume) or --config ← flags ← --set."""
+    check_start(args.resume, args.init, args.init_step)
     config = TrainConfig.from_dict(settings(args, _FLAGS, RunFolder(args.out, TrainConfig)))
     if args.class_dropout is not None and not config.conditional:
         raise ValueError("--class-dropout applies to conditional runs only (add --conditional)")
@@ -102,7 +123,10 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(config.to_dict(), indent=2))
         return 0
     try:
-        result = train(config, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+        result = train(
+            config, args.out, resume=args.resume, init=args.init, init_step=args.init_step,
+            device=args.device, progress=not args.quiet,
+        )  # fmt: skip
     except KeyboardInterrupt:  # before the first step: nothing to save
         return report_stop("train", "training", Path(args.out), None)
     if result.interrupted:
