@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ddim.cli._args import DEFAULT_MODEL, device_arg, int_at_least, output_folder
-from ddim.cli.train import report_stop, settings
+from ddim.cli._args import DEFAULT_MODEL, int_at_least, output_folder
+from ddim.cli.train import add_run_options, report_stop, settings
 from ddim.distill_config import DistillConfig
 from ddim.distillation import distill
 from ddim.runs import RunFolder
@@ -84,15 +84,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"forward autocast of teacher and student (default: {d.precision})",
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, TOML value")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
-    )
-    p.add_argument(
-        "--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    add_run_options(p)
     p.set_defaults(func=run)
 
 

@@ -80,10 +80,7 @@ def add(sub: argparse._SubParsersAction) -> None:
         default=None,
         help=f"conditional runs: share of labels dropped to the null class (default: {d.class_dropout})",
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, TOML value")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
-    )
+    add_run_options(p)
     p.add_argument(
         "--init",
         default=None,
@@ -98,12 +95,20 @@ def add(sub: argparse._SubParsersAction) -> None:
         help="with --init: the step the run starts at (default: MODEL's recorded step if its "
         "schedule settings match, else 0)",
     )
+    p.set_defaults(func=run)
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """--set, --resume, --device, --quiet, --dry-run: what every run-folder command takes."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, TOML value")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its latest checkpoint"
+    )
     p.add_argument(
         "--device", type=device_arg, default="auto", help="cpu, cuda, cuda:N or auto (default: auto)"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
-    p.set_defaults(func=run)
 
 
 def resolve_config(args: argparse.Namespace) -> TrainConfig:
