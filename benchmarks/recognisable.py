@@ -52,14 +52,20 @@ def measure(
         model, n, steps=steps, eta=eta, seed=seed, batch_size=batch_size, progress=progress, **labels
     )
     seconds = time.perf_counter() - start
+    confident, shares = classify(x, threshold)
+    w = guidance if conditional else 0.0
+    return Recognisability(n, steps, eta, seed, confident, threshold, conditional, w, shares, seconds)
+
+
+def classify(x: torch.Tensor, threshold: float = 0.9) -> tuple[float, list[float]]:
+    """The share of samples x (n, 1, 28, 28) in [-1, 1] that the MNIST classifier names with
+    confidence ≥ threshold, and the share of each digit 0-9 among its predictions."""
     classifier = load_extractor("mnist").net.eval()
-    probs = torch.cat([classifier(x[i : i + 500]).softmax(1) for i in range(0, n, 500)])  # (n, 10)
+    with torch.no_grad():
+        probs = torch.cat([classifier(x[i : i + 500]).softmax(1) for i in range(0, len(x), 500)])  # (n, 10)
     top, label = probs.max(1)
-    shares = torch.bincount(label, minlength=10).double() / n
-    return Recognisability(
-        n, steps, eta, seed, (top >= threshold).double().mean().item(), threshold, conditional,
-        guidance if conditional else 0.0, shares.tolist(), seconds,
-    )  # fmt: skip
+    shares = torch.bincount(label, minlength=10).double() / len(x)
+    return (top >= threshold).double().mean().item(), shares.tolist()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
