@@ -3,17 +3,19 @@
     python -m benchmarks.timesteps --model mnist --ref mnist.npz --out docs/results/timesteps-mnist.json
 
 One reference solve (--search-n seeds of --search-seed, a grid of --candidates timesteps) serves
-every search: for each NFE, the least-error path for DDIM's step and for DPM-Solver++(2M)'s
-(UniPC's predictor). Then every sampler × sequence (trailing, logsnr, and each optimized one)
-samples n images with seed --seed — other seeds than the search's — whose FID against the
-reference set (`mnist` features: what `ddim evaluate --features mnist` measures) is one cell.
-The JSON is rewritten after each cell; a cell already in --out with the same model, n, seed,
-precision and timesteps is kept.
+every search: for each NFE, the least-error path for each criterion (DDIM's step,
+DPM-Solver++(2M)'s: UniPC's predictor) and each weighting of the step errors. Then every
+sampler × sequence (trailing, logsnr, and each optimized one) samples n images with seed
+--seed — other seeds than the search's — whose FID against the reference set (`mnist`
+features: what `ddim evaluate --features mnist` measures) is one cell. The JSON is rewritten
+after each cell; a cell already in --out with the same model, n, seed, precision and
+timesteps is kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -28,8 +30,6 @@ from ddim.io import atomic_write
 from ddim.metrics import cached_feature_stats, load_extractor
 from ddim.plan import resolve
 from ddim.timestep_search import TimestepSearch
-
-CRITERIA = ("ddim", "dpm-solver++")  # the searches: UniPC's predictor is DPM-Solver++(2M)'s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--search-n", type=int, default=256)
     p.add_argument("--search-seed", type=int, default=1)
     p.add_argument("--candidates", type=int, default=100)
+    p.add_argument("--criteria", default="ddim,dpm-solver++", help="whose step each search fits")
+    p.add_argument(
+        "--weightings", default="x", help="how step errors count (ddim.timestep_search.WEIGHTINGS)"
+    )
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "ddim" / "stats")
@@ -67,22 +71,25 @@ def main(argv: list[str] | None = None) -> int:
     search = TimestepSearch(
         model, n=args.search_n, seed=args.search_seed, candidates=args.candidates, execution=execution
     )
-    searches, reference_seconds = [], round(time.perf_counter() - start, 1)
+    reference_seconds = round(time.perf_counter() - start, 1)
+    searches = saved.get("search", {}).get("results", []) if kept else []  # earlier searches stay listed
     sequences: dict[tuple[int, str], list[int]] = {}
     for nfe in map(int, args.nfe.split(",")):
         for spacing in args.spacings.split(","):
             seq = ddim.timesteps(model.schedule.num_timesteps, nfe, spacing, model.schedule).tolist()
             sequences[nfe, spacing] = seq
-        for criterion in CRITERIA:
+        for criterion, weighting in itertools.product(args.criteria.split(","), args.weightings.split(",")):
             t0 = time.perf_counter()
-            result = search.best(nfe, criterion)
+            result = search.best(nfe, criterion, weighting)
             searches.append({
-                "nfe": nfe, "criterion": criterion, "timesteps": result.timesteps, "error": result.error,
-                "baselines": result.baselines, "seconds": round(time.perf_counter() - t0, 1),
+                "nfe": nfe, "criterion": criterion, "weighting": weighting, "timesteps": result.timesteps,
+                "error": result.error, "baselines": result.baselines,
+                "seconds": round(time.perf_counter() - t0, 1),
             })  # fmt: skip
-            sequences[nfe, f"optimized-{criterion}"] = result.timesteps
+            name = f"optimized-{criterion}" + ("" if weighting == "x" else f"-{weighting}")
+            sequences[nfe, name] = result.timesteps
             print(
-                f"NFE {nfe} {criterion}: {result.timesteps} error {result.error:.4f} {result.baselines}",
+                f"NFE {nfe} {name}: {result.timesteps} error {result.error:.4f} {result.baselines}",
                 flush=True,
             )
     report = {

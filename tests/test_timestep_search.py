@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 
 import ddim
 from ddim import samplers
@@ -132,3 +133,16 @@ def test_printing_a_spacing(capsys):
     code, printed, _ = run_cli(capsys, "timesteps", "--model", "toy", "--steps", "4", "--spacing", "trailing")
     assert code == 0
     assert printed.strip() == ",".join(map(str, ddim.timesteps(1000, 4, "trailing").tolist()))
+
+
+def test_the_x0_weighting_scales_each_step_by_the_landing_sqrt_alpha_bar(toy, search):
+    plain, weighted = search.costs("dpm-solver++"), search.costs("dpm-solver++", "x0")
+    nodes = [*search.grid, -1]
+    w = torch.tensor([1.0 if t == -1 else toy.schedule.alpha_bar_at(t).item() ** 0.5 for t in nodes])
+    finite = torch.isfinite(plain.pair)
+    torch.testing.assert_close(weighted.pair[finite], (plain.pair * w.double())[finite])
+    finite = torch.isfinite(plain.triple)
+    torch.testing.assert_close(weighted.triple[finite], (plain.triple * w.double())[finite])
+    assert search.best(3, "ddim", "x0").weighting == "x0"
+    with pytest.raises(ValueError, match="unknown weighting 'v'"):
+        search.best(3, "ddim", "v")

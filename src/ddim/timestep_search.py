@@ -43,7 +43,12 @@ from ddim.update import Evaluation, ddim_step
 
 # second order: its error over the candidate grid is far below a K-step sampler's
 REFERENCE_SAMPLER = "dpm-solver++"
-SEARCHABLE = ("ddim", "dpm-solver++", "unipc")  # whose step the programme models (see the module's docstring)
+SEARCHABLE = ("ddim", "dpm-solver++", "unipc")
+# How a step's error counts: "x", the RMS distance of the state it lands on from the reference
+# state; "x0", that distance times √ᾱ at the landing timestep (1 on clean data), what it moves the
+# denoised estimate E[x_0 | x_t] = √ᾱ x_t by for unit-variance Gaussian data: errors at high noise,
+# which change which sample is drawn more than how sharp it is, count less.
+WEIGHTINGS = ("x", "x0")  # whose step the programme models (see the module's docstring)
 FORMAT = "ddim-timesteps"
 
 
@@ -53,6 +58,7 @@ class SearchResult:
 
     timesteps: list[int]  # τ_K > … > τ_1, descending (the step to clean data follows)
     sampler: str  # whose step error was minimized
+    weighting: str  # how each step's error counted (WEIGHTINGS)
     nfe: int
     error: float  # the summed local error of this path (RMS per dimension, mean over seeds)
     baselines: dict[str, float]  # the same criterion for the built-in spacings' K steps, where on the grid
@@ -107,6 +113,7 @@ def optimize_timesteps(
     nfe: int,
     *,
     sampler: str = "ddim",
+    weighting: str = "x",
     n: int = 256,
     seed: int = 0,
     candidates: int = 100,
@@ -118,7 +125,7 @@ def optimize_timesteps(
     search = TimestepSearch(
         model, n=n, seed=seed, candidates=candidates, execution=execution, progress=progress
     )
-    return search.best(nfe, sampler)
+    return search.best(nfe, sampler, weighting)
 
 
 class TimestepSearch:
@@ -143,16 +150,19 @@ class TimestepSearch:
         self._gram = _Gram(
             model.schedule, self.grid, traj.xt.flatten(2).double(), traj.x0.flatten(2).double()
         )
-        self._costs: dict[object, StepCosts] = {}  # by predictor: UniPC's is DPM-Solver++(2M)'s
+        self._costs: dict[tuple, StepCosts] = {}  # by predictor (UniPC's is DPM-Solver++(2M)'s), weighting
 
-    def costs(self, sampler: str) -> StepCosts:
+    def costs(self, sampler: str, weighting: str = "x") -> StepCosts:
         """The local errors of `sampler`'s steps between the grid's nodes (computed once per predictor)."""
         spec = samplers.get(sampler)
-        if spec.predict not in self._costs:
-            self._costs[spec.predict] = StepCosts(self._gram, spec, min(spec.history, 2))
-        return self._costs[spec.predict]
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+        key = (spec.predict, weighting)
+        if key not in self._costs:
+            self._costs[key] = StepCosts(self._gram, spec, min(spec.history, 2), weighting)
+        return self._costs[key]
 
-    def best(self, nfe: int, sampler: str = "ddim") -> SearchResult:
+    def best(self, nfe: int, sampler: str = "ddim", weighting: str = "x") -> SearchResult:
         """The least-error path of `nfe` steps for `sampler`, with the built-in spacings' errors
         under the same criterion (those whose K steps lie on the grid and start at T − 1)."""
         spec = samplers.get(sampler)
@@ -165,7 +175,7 @@ class TimestepSearch:
             raise ValueError(f"nfe must be a positive integer, got {nfe!r}")
         if nfe > len(self.grid):
             raise ValueError(f"nfe={nfe} is more than the {len(self.grid)} candidate timesteps searched")
-        costs = self.costs(spec.name)
+        costs = self.costs(spec.name, weighting)
         path, error = costs.best_path(nfe)
         schedule = self.model.schedule
         baselines = {}
@@ -174,8 +184,8 @@ class TimestepSearch:
             if set(seq) <= set(self.grid) and seq[0] == self.grid[0]:
                 baselines[spacing] = costs.path_error([self.grid.index(t) for t in seq])
         return SearchResult(
-            [self.grid[m] for m in path], spec.name, nfe, error, baselines, self.grid, self.n, self.seed,
-            self.model.fingerprint(),
+            [self.grid[m] for m in path], spec.name, weighting, nfe, error, baselines, self.grid, self.n,
+            self.seed, self.model.fingerprint(),
         )  # fmt: skip
 
 
@@ -196,11 +206,18 @@ class StepCosts:
     and every step of a one-evaluation sampler), `triple[h, i, j]` for one that also reads the
     evaluation at the previous node h; inf where the nodes do not descend in time."""
 
-    def __init__(self, gram: _Gram, spec: samplers.SamplerSpec, order: int) -> None:
+    def __init__(self, gram: _Gram, spec: samplers.SamplerSpec, order: int, weighting: str = "x") -> None:
         self.g, self.spec, self.C = gram, spec, gram.C
         self.schedule, self.grid = gram.schedule, gram.nodes
-        self.pair = self._costs(1)  # (C, C + 1): from i with only i's evaluation, to j
-        self.triple = self._costs(2) if order == 2 else None  # (C, C, C + 1): h, i → j
+        landing = torch.tensor(  # the weight of an error on arriving at each node (WEIGHTINGS)
+            [
+                1.0 if weighting == "x" or t == -1 else self.schedule.alpha_bar_at(t).item() ** 0.5
+                for t in self.grid
+            ],
+            dtype=torch.float64,
+        )
+        self.pair = self._costs(1) * landing  # (C, C + 1): from i with only i's evaluation, to j
+        self.triple = self._costs(2) * landing if order == 2 else None  # (C, C, C + 1): h, i → j
 
     def _x(self, m: int) -> int:
         return m
