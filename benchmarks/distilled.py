@@ -29,7 +29,7 @@ from ddim.plan import resolve
 from ddim.sampling import run, target
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ref", type=Path, required=True, help="reference images (.npz)")
     p.add_argument("--ref-key", default="x_train")
@@ -42,7 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "ddim" / "stats")
     p.add_argument("--out", type=Path, default=Path("runs/distilled.json"))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     execution = Execution(precision=args.precision, batch_size=args.batch_size)
     extractor = load_extractor("mnist")
     teacher = ddim.load(args.teacher)

@@ -32,7 +32,7 @@ from ddim.plan import resolve
 from ddim.timestep_search import TimestepSearch
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mnist")
     p.add_argument("--ref", type=Path, required=True, help="reference images (.npz)")
@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "ddim" / "stats")
     p.add_argument("--out", type=Path, default=Path("runs/timesteps.json"))
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     model = ddim.load(args.model)
     execution = Execution(precision=args.precision, batch_size=args.batch_size)
     identity = {"model": model.fingerprint(), "n": args.n, "seed": args.seed, "precision": args.precision,

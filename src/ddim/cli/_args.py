@@ -99,14 +99,15 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def timestep_list(text: str) -> list[int]:
-    """--timesteps: comma-separated integers, or @FILE (what `ddim timesteps --optimize --out` writes)."""
-    if not text.startswith("@"):
-        return int_list(text)
-    try:
-        return read_timesteps(text[1:])
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+def timestep_list(text: str) -> list[int] | Path:
+    """--timesteps: comma-separated integers, or @FILE (what `ddim timesteps --optimize --out`
+    writes), a Path that `timesteps_of` reads when the command runs."""
+    return Path(text[1:]) if text.startswith("@") else int_list(text)
+
+
+def timesteps_of(value: list[int] | Path | None) -> list[int] | None:
+    """The timesteps --timesteps gave: its list, or those of its @FILE."""
+    return read_timesteps(value) if isinstance(value, Path) else value
 
 
 def device_arg(text: str) -> torch.device:

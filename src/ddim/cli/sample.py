@@ -23,6 +23,7 @@ from ddim.cli._args import (
     output_file,
     output_folder,
     timestep_list,
+    timesteps_of,
 )
 from ddim.cli._images import read_latents
 from ddim.execution import Execution
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give --steps or --timesteps, not both (--timesteps sets the number of steps)")
     model = load(args.model)
     latents, stored = read_latents(args.latents) if args.latents is not None else (None, None)
-    explicit = args.timesteps
+    explicit = timesteps_of(args.timesteps)
     if explicit is None and args.steps is None and stored is not None:
         explicit = stored  # decode with the sub-sequence the latents were inverted with
     n = _count(args.n, latents, args.classes)
