@@ -35,7 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ref-key", default="x_train")
     p.add_argument("--teacher", default="mnist")
     p.add_argument("--teacher-steps", type=int, default=32)
-    p.add_argument("--students", type=Path, required=True, help="a folder of *-step.safetensors")
+    p.add_argument("--students", type=Path, required=True, help="a folder of students (.safetensors)")
     p.add_argument("--n", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
@@ -53,12 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     c, h, _ = teacher.image_shape
     images = load_images(args.ref, key=args.ref_key, resolution=h, channels=c)
     ref, _ = cached_feature_stats(extractor, images, args.cache_dir, label=args.ref.stem)
-    students = sorted(args.students.glob("*-step.safetensors"), key=lambda f: -int(f.name.split("-")[0]))
+    students = [(f"student {f.stem}", ddim.load(f), None) for f in args.students.glob("*.safetensors")]
+    students.sort(key=lambda row: -len(row[1].default_timesteps or ()))  # most steps first
     rows = []
-    for name, model, steps in [
-        (f"teacher {args.teacher}", teacher, args.teacher_steps),
-        *((f"student {f.name}", ddim.load(f), None) for f in students),
-    ]:
+    for name, model, steps in [(f"teacher {args.teacher}", teacher, args.teacher_steps), *students]:
         spacing = "trailing" if steps is not None else "uniform"
         plan = resolve(model, args.n, steps=steps, spacing=spacing, seed=args.seed)
         start = time.perf_counter()

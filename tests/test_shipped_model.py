@@ -86,3 +86,24 @@ def test_sdedit_edits_test_digits_to_their_target():
     classifier = load_extractor("mnist").net.eval()
     r = edit_trials(ddim.load("mnist-cond"), classifier, x0, y, steps=50, guidance=2.0, strength=0.6)
     assert r.both >= 0.8, r
+
+
+@needs_builtin("mnist-4step")
+def test_the_4_step_student_matches_its_card():
+    model = ddim.load("mnist-4step")
+    assert (model.prediction, model.num_parameters, model.image_shape) == ("v", 2_734_945, (1, 28, 28))
+    assert model.default_timesteps == (999, 749, 499, 249)
+    assert model.info["distilled"]["teacher_timesteps"] == [999, 874, 749, 624, 499, 374, 249, 124]
+    assert model.info["distillation"]["steps_per_stage"] == [1500, 1200, 1200]
+
+
+@pytest.mark.slow
+@needs_builtin("mnist-4step")
+def test_the_4_step_students_digits_are_recognisable():
+    """The issue's bar for a student: ≥ 85 % named with confidence ≥ 0.9, every digit 5-15 %."""
+    from benchmarks.recognisable import classify
+
+    confident, shares = classify(ddim.sample(ddim.load("mnist-4step"), 1000, seed=0, batch_size=250))
+    assert confident >= 0.85
+    assert min(shares) >= 0.05
+    assert max(shares) <= 0.15
