@@ -6,8 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import Tensor
 
 from ddim.cli import main
@@ -100,3 +102,19 @@ def perturb_vectors(net: torch.nn.Module) -> torch.nn.Module:
             if p.ndim == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return net
+
+
+def random_images(path: Path) -> Path:
+    """40 random 8×8 grey images as `x_train` of an .npz at `path`: training data for tiny runs."""
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 256, size=(40, 8, 8), dtype=np.uint8))
+    return path
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Two run checkpoints (EMA model files) hold the same weights, EMA, network state and Adam moments."""
+    wa, wb = load_file(a), load_file(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa, sb = (torch.load(p.with_suffix(".state.pt"), weights_only=True) for p in (a, b))
+    assert all(torch.equal(sa["net"][k], sb["net"][k]) for k in sa["net"])
+    assert sa["optimizer"]["state"][0]["exp_avg_sq"].equal(sb["optimizer"]["state"][0]["exp_avg_sq"])

@@ -28,7 +28,7 @@ from ddim.models.parameterization import eps_from_x0, from_x0_eps
 from ddim.plan import DistilledWarning, resolve
 from ddim.toy import MixtureDenoiser
 from ddim.training import TrainingError
-from helpers import MNIST, needs_mnist, run_cli
+from helpers import MNIST, needs_mnist, random_images, run_cli
 
 PREDICTIONS = ("eps", "x0", "v")
 
@@ -41,10 +41,7 @@ def teacher_file(tmp_path, make_tiny_model):
 
 @pytest.fixture
 def dataset(tmp_path):
-    rng = np.random.default_rng(0)
-    path = tmp_path / "data.npz"
-    np.savez(path, x_train=rng.integers(0, 256, size=(40, 8, 8), dtype=np.uint8))
-    return path
+    return random_images(tmp_path / "data.npz")
 
 
 def tiny_config(teacher_file, dataset, **overrides) -> DistillConfig:

@@ -20,7 +20,7 @@ import ddim
 from ddim.models.unet import UNet
 from ddim.train_config import TrainConfig, apply_assignments, load_toml, to_toml
 from ddim.training import TrainingError, batch_indices, diffusion_loss, ema_update, train
-from helpers import MNIST, needs_mnist, run_cli
+from helpers import MNIST, assert_same_run, needs_mnist, random_images, run_cli
 
 TINY_NET = {"resolution": 8, "in_channels": 1, "out_channels": 1, "ch": 8, "ch_mult": [1, 2],
             "num_res_blocks": 1, "attn_resolutions": [4], "dropout": 0.1, "norm_groups": 4}  # fmt: skip
@@ -28,10 +28,7 @@ TINY_NET = {"resolution": 8, "in_channels": 1, "out_channels": 1, "ch": 8, "ch_m
 
 @pytest.fixture
 def dataset(tmp_path):
-    rng = np.random.default_rng(0)
-    path = tmp_path / "data.npz"
-    np.savez(path, x_train=rng.integers(0, 256, size=(40, 8, 8), dtype=np.uint8))
-    return path
+    return random_images(tmp_path / "data.npz")
 
 
 def tiny_config(dataset, **overrides) -> TrainConfig:
@@ -94,11 +91,7 @@ def test_resume_continues_exactly(tmp_path, dataset):
     train(config.replace(steps=3), tmp_path / "split", progress=False)
     resumed = train(config, tmp_path / "split", resume=True, progress=False)
     assert (whole.step, resumed.step) == (6, 6)
-    a, b = load_file(whole.checkpoint), load_file(resumed.checkpoint)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    sa, sb = (torch.load(r.checkpoint.with_suffix(".state.pt"), weights_only=True) for r in (whole, resumed))
-    assert all(torch.equal(sa["net"][k], sb["net"][k]) for k in sa["net"])
-    assert sa["optimizer"]["state"][0]["exp_avg_sq"].equal(sb["optimizer"]["state"][0]["exp_avg_sq"])
+    assert_same_run(whole.checkpoint, resumed.checkpoint)
     logs = [r.checkpoint.parents[1] / "metrics.jsonl" for r in (whole, resumed)]
     losses = [[json.loads(line)["loss"] for line in p.read_text().splitlines()] for p in logs]
     assert losses[0] == losses[1]

@@ -5,7 +5,6 @@ form, and a warm-started run resumes bit for bit like any other."""
 import json
 import math
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -14,16 +13,13 @@ import ddim
 from ddim.models import Model
 from ddim.train_config import TrainConfig, load_toml, to_toml
 from ddim.training import train
-from helpers import run_cli
+from helpers import assert_same_run, random_images, run_cli
 from test_training import tiny_config
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    path = tmp_path_factory.mktemp("data") / "data.npz"
-    np.savez(path, x_train=rng.integers(0, 256, size=(40, 8, 8), dtype=np.uint8))
-    return path
+    return random_images(tmp_path_factory.mktemp("data") / "data.npz")
 
 
 def config_of(dataset, **overrides) -> TrainConfig:
@@ -100,11 +96,7 @@ def test_a_resumed_warm_run_equals_the_uninterrupted_one_bit_for_bit(tmp_path, d
     train(config.replace(steps=8), tmp_path / "split", init=first, init_step=6, progress=False)
     resumed = train(config, tmp_path / "split", resume=True, progress=False)
     assert (whole.step, resumed.step) == (12, 12)
-    a, b = load_file(whole.checkpoint), load_file(resumed.checkpoint)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    sa, sb = (torch.load(r.checkpoint.with_suffix(".state.pt"), weights_only=True) for r in (whole, resumed))
-    assert all(torch.equal(sa["net"][k], sb["net"][k]) for k in sa["net"])
-    assert sa["optimizer"]["state"][0]["exp_avg_sq"].equal(sb["optimizer"]["state"][0]["exp_avg_sq"])
+    assert_same_run(whole.checkpoint, resumed.checkpoint)
     assert [r["loss"] for r in log(tmp_path / "whole")] == [r["loss"] for r in log(tmp_path / "split")]
 
 
